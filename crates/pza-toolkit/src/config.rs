@@ -1,0 +1,168 @@
+//! JSON5 configuration files: read with errors that name the file, the key
+//! path and (for syntax errors) the line and column; write a default file.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: JSON5 syntax error: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value that parsed but does not fit: `key` is the dotted key path
+    /// (`runners.psu1.restart.jitter`), `.` for the top level.
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Reads `path` as JSON5 into `T`.
+pub fn read_json5_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_json5(path, &text)
+}
+
+/// Parses `text` (the contents of `path`) as JSON5 into `T`.
+///
+/// The text is first read into a JSON value (syntax errors carry a line and a
+/// column), then that value is mapped onto `T` (errors carry the key path and
+/// serde's own wording: `invalid type: string "x", expected u16`).
+pub fn parse_json5<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigFileError> {
+    let value: serde_json::Value = json5::from_str(text).map_err(|e| syntax_error(path, e))?;
+    serde_path_to_error::deserialize(value).map_err(|e| ConfigFileError::Invalid {
+        path: path.to_path_buf(),
+        key: key_path(e.path()),
+        message: e.into_inner().to_string(),
+    })
+}
+
+fn syntax_error(path: &Path, e: json5::Error) -> ConfigFileError {
+    let json5::Error::Message { msg, location } = e;
+    let (line, column) = location.map(|l| (l.line, l.column)).unwrap_or((1, 1));
+    ConfigFileError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: summarize_pest_message(&msg),
+    }
+}
+
+/// pest renders its errors over several lines with an ASCII-art pointer; the
+/// useful part is the last line (`= expected ...`).
+fn summarize_pest_message(message: &str) -> String {
+    message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && *line != "|")
+        .map(|line| line.trim_start_matches("= ").to_string())
+        .unwrap_or_else(|| message.to_string())
+}
+
+/// `serde_path_to_error` prints `runners.psu1.restart`; the top level is `.`.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let rendered = path.to_string();
+    if rendered.is_empty() {
+        ".".to_string()
+    } else {
+        rendered
+    }
+}
+
+/// Writes `contents` to `path`, creating its parent folders.
+pub fn write_file(path: &Path, contents: &str) -> Result<(), ConfigFileError> {
+    let write_error = |source| ConfigFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(write_error)?;
+    }
+    std::fs::write(path, contents).map_err(write_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[allow(dead_code)]
+        port: u16,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        #[allow(dead_code)]
+        tcp: Inner,
+    }
+
+    fn parse(text: &str) -> Result<Outer, ConfigFileError> {
+        parse_json5(Path::new("c.json5"), text)
+    }
+
+    #[test]
+    fn accepts_json5() {
+        parse("{ // comment\n tcp: { port: 1883, }, }").unwrap();
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = parse("{\n  tcp: { port: 1883 \n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("c.json5:2:16: JSON5 syntax error: "), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse("{ tcp: { port: \"x\" } }").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("c.json5: tcp.port: invalid type"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let err = parse("{ tcp: { port: 1, prot: 2 } }").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown field `prot`"), "{text}");
+        assert!(text.starts_with("c.json5: tcp"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_integer_names_the_key() {
+        let err = parse("{ tcp: { port: 70000 } }").unwrap_err();
+        assert!(err.to_string().starts_with("c.json5: tcp.port: "), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let err = read_json5_file::<Outer>(Path::new("/nonexistent/x.json5")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/x.json5: cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+//! # pza_toolkit
+//!
+//! Reusable building blocks for Panduza servers. Nothing here knows about
+//! power supplies.
+//!
+//! ## Layout
+//! - [`task_monitor`]: named tokio tasks turned into lifecycle events, the
+//!   moment each task ends.
+//! - [`mqtt`]: the embedded MQTT broker (rumqttd) and MQTT client options.
+//! - [`config`]: JSON5 files read with file, key-path and line/column errors.
+
+pub mod config;
+pub mod mqtt;
+pub mod task_monitor;
