@@ -1,0 +1,15 @@
+//! Power supply drivers: the trait, typed values and errors, the factory of
+//! models, and the models themselves.
+
+mod driver;
+pub mod emulator;
+mod error;
+pub mod factory;
+mod manifest;
+mod units;
+
+pub use driver::PowerSupplyDriver;
+pub use error::{DriverError, ErrorKind};
+pub use factory::{DriverFactory, DriverModel, DriverSettings, SettingsError};
+pub use manifest::{DriverManifest, Range};
+pub use units::{Amps, Volts};
