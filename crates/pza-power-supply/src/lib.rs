@@ -1,1 +1,22 @@
+//! # pza-power-supply
+//!
+//! Controls bench power supplies over MQTT. For every configured supply one
+//! supervised **runner** owns the device driver and serves the device's MQTT
+//! topics; a runner that panics or fails is restarted under a backoff policy.
+//!
+//! ## Layout
+//! - [`config`]: the config file, loaded and checked into a [`config::ServerConfig`].
+//! - [`protocol`]: the MQTT contract (topics, payloads), pure code.
+//! - [`drivers`]: the `PowerSupplyDriver` trait, the `DriverFactory` and the models.
+//! - [`runners`]: one runner per supply, the security limits guard, the
+//!   restart policy and the `RunnersService` that supervises them.
+//! - [`server`]: assembles the embedded broker and the runners, and shuts down.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod config;
 pub mod drivers;
+pub mod protocol;
+pub mod runners;
+pub mod server;
+pub mod simulator;

@@ -50,12 +50,40 @@ pub fn read_json5_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFile
 /// column), then that value is mapped onto `T` (errors carry the key path and
 /// serde's own wording: `invalid type: string "x", expected u16`).
 pub fn parse_json5<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigFileError> {
-    let value: serde_json::Value = json5::from_str(text).map_err(|e| syntax_error(path, e))?;
-    serde_path_to_error::deserialize(value).map_err(|e| ConfigFileError::Invalid {
-        path: path.to_path_buf(),
-        key: key_path(e.path()),
-        message: e.into_inner().to_string(),
+    from_value(path, parse_json5_value(path, text)?, "")
+}
+
+/// Parses `text` (the contents of `path`) as a JSON5 value.
+pub fn parse_json5_value(path: &Path, text: &str) -> Result<serde_json::Value, ConfigFileError> {
+    json5::from_str(text).map_err(|e| syntax_error(path, e))
+}
+
+/// Maps `value`, found at `key_prefix` (`""` for the top level, else a dotted
+/// path such as `runners.psu1`) in the file `path`, onto `T`.
+pub fn from_value<T: DeserializeOwned>(
+    path: &Path,
+    value: serde_json::Value,
+    key_prefix: &str,
+) -> Result<T, ConfigFileError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (key_prefix.is_empty(), inner.is_empty() || inner == ".") {
+            (true, true) => ".".to_string(),
+            (true, false) => inner,
+            (false, true) => key_prefix.to_string(),
+            (false, false) => format!("{key_prefix}.{inner}"),
+        };
+        invalid(path, key, e.into_inner().to_string())
     })
+}
+
+/// An `Invalid` error at `key` of the file `path`.
+pub fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigFileError {
+    ConfigFileError::Invalid {
+        path: path.to_path_buf(),
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 fn syntax_error(path: &Path, e: json5::Error) -> ConfigFileError {
@@ -79,16 +107,6 @@ fn summarize_pest_message(message: &str) -> String {
         .find(|line| !line.is_empty() && *line != "|")
         .map(|line| line.trim_start_matches("= ").to_string())
         .unwrap_or_else(|| message.to_string())
-}
-
-/// `serde_path_to_error` prints `runners.psu1.restart`; the top level is `.`.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    let rendered = path.to_string();
-    if rendered.is_empty() {
-        ".".to_string()
-    } else {
-        rendered
-    }
 }
 
 /// Writes `contents` to `path`, creating its parent folders.
@@ -135,7 +153,10 @@ mod tests {
     fn syntax_error_has_line_and_column() {
         let err = parse("{\n  tcp: { port: 1883 \n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("c.json5:2:16: JSON5 syntax error: "), "{text}");
+        assert!(
+            text.starts_with("c.json5:2:16: JSON5 syntax error: "),
+            "{text}"
+        );
         assert!(!text.contains('\n'), "one line: {text}");
     }
 
@@ -143,7 +164,10 @@ mod tests {
     fn wrong_type_names_the_key() {
         let err = parse("{ tcp: { port: \"x\" } }").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("c.json5: tcp.port: invalid type"), "{text}");
+        assert!(
+            text.starts_with("c.json5: tcp.port: invalid type"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -163,6 +187,10 @@ mod tests {
     #[test]
     fn missing_file_is_a_read_error() {
         let err = read_json5_file::<Outer>(Path::new("/nonexistent/x.json5")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/x.json5: cannot read"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/x.json5: cannot read"),
+            "{err}"
+        );
     }
 }

@@ -318,7 +318,10 @@ mod tests {
         assert!(matches!(next(&mut rx).await, Event::TaskCreated(_)));
         match next(&mut rx).await {
             Event::TaskPanicOMG(body) => {
-                assert_eq!(body.error_message.as_deref(), Some("injected panic at 13.5 V"))
+                assert_eq!(
+                    body.error_message.as_deref(),
+                    Some("injected panic at 13.5 V")
+                )
             }
             other => panic!("unexpected {other:?}"),
         }

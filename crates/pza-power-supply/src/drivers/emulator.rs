@@ -54,6 +54,9 @@ pub struct Faults {
     pub error_on_voltage: Option<f64>,
     /// Setting this voltage never returns.
     pub hang_on_voltage: Option<f64>,
+    /// Setting this voltage ends the session on purpose (`ErrorKind::Closed`):
+    /// the runner ends cleanly and is not restarted.
+    pub exit_on_voltage: Option<f64>,
     /// The first N initializations of this runner fail, counted across
     /// restarts.
     #[serde(default)]
@@ -73,13 +76,14 @@ struct EmulatorSettings {
 impl EmulatorSettings {
     fn parse(settings: &DriverSettings) -> Result<Self, SettingsError> {
         let parsed: EmulatorSettings = parse_settings(settings)?;
-        let check = |key: &str, value: Option<f64>, ok: &dyn Fn(f64) -> bool, rule: &str| match value {
-            Some(v) if !v.is_finite() || !ok(v) => Err(SettingsError {
-                key: key.into(),
-                message: format!("{v} is not valid: {rule}"),
-            }),
-            _ => Ok(()),
-        };
+        let check =
+            |key: &str, value: Option<f64>, ok: &dyn Fn(f64) -> bool, rule: &str| match value {
+                Some(v) if !v.is_finite() || !ok(v) => Err(SettingsError {
+                    key: key.into(),
+                    message: format!("{v} is not valid: {rule}"),
+                }),
+                _ => Ok(()),
+            };
         check(
             "load_resistance_ohm",
             parsed.load_resistance_ohm,
@@ -256,6 +260,12 @@ impl PowerSupplyDriver for EmulatorDriver {
                 voltage.0
             )));
         }
+        if requested == self.faults.exit_on_voltage {
+            return Err(DriverError::new(
+                super::ErrorKind::Closed,
+                format!("emulator fault: exit_on_voltage {}", voltage.0),
+            ));
+        }
         if requested == self.faults.hang_on_voltage {
             std::future::pending::<()>().await;
         }
@@ -290,7 +300,11 @@ mod tests {
         value.as_object().cloned().unwrap_or_default()
     }
 
-    async fn driver(model: &EmulatorModel, runner: &str, s: serde_json::Value) -> Box<dyn PowerSupplyDriver> {
+    async fn driver(
+        model: &EmulatorModel,
+        runner: &str,
+        s: serde_json::Value,
+    ) -> Box<dyn PowerSupplyDriver> {
         let mut d = model.instantiate(runner, &settings(s)).unwrap();
         d.initialize().await.unwrap();
         d
@@ -339,7 +353,10 @@ mod tests {
             let mut d = model.instantiate("a", &s).unwrap();
             let err = d.initialize().await.unwrap_err();
             assert_eq!(err.kind(), super::super::ErrorKind::Io);
-            assert!(err.message().contains(&format!("failure {attempt} of 2")), "{err}");
+            assert!(
+                err.message().contains(&format!("failure {attempt} of 2")),
+                "{err}"
+            );
         }
         let mut d = model.instantiate("a", &s).unwrap();
         d.initialize().await.unwrap();

@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Rejected,
     /// The driver's configuration cannot work.
     Config,
+    /// The device ended the session on purpose (it was released): the runner
+    /// answers the command, then ends cleanly and is not restarted.
+    Closed,
 }
 
 impl ErrorKind {
@@ -34,6 +37,11 @@ impl ErrorKind {
         )
     }
 
+    /// True when the runner must end after this error, cleanly or not.
+    pub fn ends_session(self) -> bool {
+        self.is_fatal() || self == ErrorKind::Closed
+    }
+
     fn label(self) -> &'static str {
         match self {
             ErrorKind::Io => "I/O error",
@@ -43,6 +51,7 @@ impl ErrorKind {
             ErrorKind::NotConnected => "not connected",
             ErrorKind::Rejected => "rejected by the device",
             ErrorKind::Config => "configuration error",
+            ErrorKind::Closed => "session closed by the device",
         }
     }
 }

@@ -69,6 +69,7 @@ impl DriverFactory {
     pub fn with_builtin_models() -> Self {
         let mut factory = Self::new();
         factory.register(Arc::new(super::emulator::EmulatorModel::new()));
+        factory.register(Arc::new(super::kd3005p::Kd3005pModel::new()));
         factory
     }
 

@@ -5,6 +5,7 @@ mod driver;
 pub mod emulator;
 mod error;
 pub mod factory;
+pub mod kd3005p;
 mod manifest;
 mod units;
 

@@ -1,0 +1,188 @@
+//! The command line: `run`, `list`, `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::Mutex;
+
+use crate::config::{self, ConfigPath, ServerConfig};
+use crate::drivers::DriverFactory;
+use crate::server::{Server, ServerOptions};
+
+/// Exit status after a second signal during shutdown.
+pub const EXIT_SECOND_SIGNAL: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pza-power-supply",
+    about = "Control bench power supplies over MQTT",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// List the driver models, the configured runners and the MCP servers.
+    List(ListArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file [default: $PZA_POWER_SUPPLY_CONFIG, else ~/.panduza/pza-power-supply.json5]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Do not start the embedded broker (use one already running).
+    #[arg(long)]
+    pub no_broker: bool,
+    /// Do not start the runners.
+    #[arg(long)]
+    pub no_runners: bool,
+    /// Do not start the MCP server (no MCP server exists yet).
+    #[arg(long)]
+    pub no_mcp: bool,
+    /// Do not start the terminal UI (no terminal UI exists yet).
+    #[arg(long)]
+    pub no_tui: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// List the driver models.
+    #[arg(long)]
+    pub drivers: bool,
+    /// List the configured runners.
+    #[arg(long)]
+    pub runners: bool,
+    /// List the MCP servers.
+    #[arg(long)]
+    pub mcps: bool,
+}
+
+/// Resolves and loads the config named on the command line.
+pub fn load_config(arg: &ConfigArg, factory: &DriverFactory) -> anyhow::Result<ServerConfig> {
+    let path: ConfigPath = config::resolve_config_path(
+        arg.config.clone(),
+        std::env::var_os(config::CONFIG_ENV),
+        config::home_dir(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(config::load(&path, factory)?)
+}
+
+/// Runs the server until a signal; a second signal exits at once with 130.
+pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config, &factory)?;
+    let options = ServerOptions {
+        no_broker: args.no_broker,
+        no_runners: args.no_runners,
+    };
+    let server = Server::start(config, Arc::new(Mutex::new(factory)), options).await?;
+    let shutdown = server.shutdown_token();
+    tokio::spawn(async move {
+        if let Err(e) = wait_for_signal().await {
+            tracing::error!(error = %e, "cannot listen for signals");
+            return;
+        }
+        tracing::info!("shutting down (a second signal exits at once)");
+        shutdown.cancel();
+        if wait_for_signal().await.is_ok() {
+            eprintln!("pza-power-supply: second signal during shutdown: exiting now");
+            std::process::exit(i32::from(EXIT_SECOND_SIGNAL));
+        }
+    });
+    server.wait().await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM on Unix; Ctrl+C elsewhere.
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
+/// Prints what `list` asks; all sections when no flag is given.
+pub fn list(args: ListArgs, factory: &DriverFactory) -> anyhow::Result<String> {
+    let all = !(args.drivers || args.runners || args.mcps);
+    let mut out = String::new();
+    if all || args.drivers {
+        out.push_str("drivers:\n");
+        for m in factory.manifests() {
+            let aliases = if m.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (alias: {})", m.aliases.join(", "))
+            };
+            out.push_str(&format!(
+                "  {}{aliases}: {}; {}..{} V, {}..{} A\n",
+                m.model,
+                m.description,
+                m.voltage_range.min,
+                m.voltage_range.max,
+                m.current_range.min,
+                m.current_range.max
+            ));
+        }
+    }
+    if all || args.runners || args.mcps {
+        let config = load_config(&args.config, factory)?;
+        if all || args.runners {
+            out.push_str(&format!("runners ({}):\n", config.source.display()));
+            for (name, runner) in &config.runners {
+                out.push_str(&format!("  {name}: model {}", runner.model));
+                if !runner.description.is_empty() {
+                    out.push_str(&format!(", \"{}\"", runner.description));
+                }
+                out.push('\n');
+            }
+        }
+        if all || args.mcps {
+            let mcp = &config.mcp;
+            let state = if mcp.enable {
+                "enabled in the config, not built yet"
+            } else {
+                "disabled"
+            };
+            out.push_str(&format!(
+                "mcps:\n  mcp {}:{}: {state}\n",
+                mcp.host, mcp.port
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `pza-power-supply 0.1.0`.
+pub fn version() -> String {
+    format!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+}

@@ -1,0 +1,358 @@
+//! Loading: JSON5 text into a checked `ServerConfig`.
+//!
+//! Stage one maps the text onto serde types (syntax errors with line and
+//! column, type and unknown-key errors with the key path). Stage two checks
+//! what serde cannot: names, models, limits against each model's range,
+//! restart rules, and each model's own settings. The first failure is
+//! returned, as one line naming the file, the key path and the reason.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use pza_toolkit::config::{from_value, invalid, parse_json5_value, ConfigFileError};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::types::{
+    DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MEASURE_PERIOD_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS,
+};
+use super::{
+    BrokerConfig, ConfigPath, McpConfig, OnShutdown, RestartSettings, RunnerConfig,
+    SecurityLimitsConfig, ServerConfig, TuiConfig,
+};
+use crate::drivers::{DriverFactory, DriverSettings, Range};
+
+/// The config written at the default path on first run: the embedded broker
+/// on 127.0.0.1:1883 and one emulated supply.
+pub const DEFAULT_CONFIG: &str = r#"// pza-power-supply configuration (JSON5). Every key is described in the
+// README, section "Configuration".
+{
+  broker: {
+    use_builtin: true,
+    tcp: { addr: "127.0.0.1", port: 1883 },
+  },
+  runners: {
+    emulator: {
+      model: "emulator",
+      description: "Virtual supply",
+      security_min_voltage: 0.0, security_max_voltage: 30.0,
+      security_min_current: 0.0, security_max_current: 5.0,
+      measure_period_ms: 1000,
+    },
+  },
+}
+"#;
+
+/// Longest runner name: names become MQTT topic levels.
+const MAX_RUNNER_NAME: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    broker: BrokerConfig,
+    #[serde(default)]
+    mcp: McpConfig,
+    #[serde(default)]
+    tui: TuiConfig,
+    #[serde(default)]
+    restart: RestartSettings,
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout_ms: u64,
+    #[serde(default)]
+    runners: BTreeMap<String, serde_json::Map<String, Value>>,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    DEFAULT_SHUTDOWN_TIMEOUT_MS
+}
+
+/// The keys every runner accepts, whatever its model.
+const RUNNER_KEYS: &[&str] = &[
+    "model",
+    "description",
+    "security_min_voltage",
+    "security_max_voltage",
+    "security_min_current",
+    "security_max_current",
+    "measure_period_ms",
+    "command_timeout_ms",
+    "on_shutdown",
+    "restart",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunnerFile {
+    model: String,
+    #[serde(default)]
+    description: String,
+    security_min_voltage: Option<f64>,
+    security_max_voltage: Option<f64>,
+    security_min_current: Option<f64>,
+    security_max_current: Option<f64>,
+    #[serde(default = "default_measure_period")]
+    measure_period_ms: u64,
+    #[serde(default = "default_command_timeout")]
+    command_timeout_ms: u64,
+    #[serde(default)]
+    on_shutdown: OnShutdown,
+    #[serde(default)]
+    restart: RestartSettings,
+}
+
+fn default_measure_period() -> u64 {
+    DEFAULT_MEASURE_PERIOD_MS
+}
+
+fn default_command_timeout() -> u64 {
+    DEFAULT_COMMAND_TIMEOUT_MS
+}
+
+/// Loads the config at `config_path`, writing the default config first when
+/// the default path does not exist yet.
+pub fn load(
+    config_path: &ConfigPath,
+    factory: &DriverFactory,
+) -> Result<ServerConfig, ConfigFileError> {
+    let path = &config_path.path;
+    if config_path.is_default && !path.exists() {
+        pza_toolkit::config::write_file(path, DEFAULT_CONFIG)?;
+        tracing::info!(path = %path.display(), "wrote the default config");
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    parse(path, &text, factory)
+}
+
+/// Parses and checks config `text`, read from `path` (used in messages).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    factory: &DriverFactory,
+) -> Result<ServerConfig, ConfigFileError> {
+    let file: FileConfig = from_value(path, parse_json5_value(path, text)?, "")?;
+
+    check_broker(path, &file.broker)?;
+    if file.tui.power_toggle_key.chars().count() != 1 {
+        return Err(invalid(
+            path,
+            "tui.power_toggle_key",
+            "must be exactly one character",
+        ));
+    }
+    file.restart
+        .resolve()
+        .map_err(|(key, message)| invalid(path, format!("restart.{key}"), message))?;
+
+    let mut runners = BTreeMap::new();
+    for (name, entry) in file.runners {
+        let runner = check_runner(path, &name, entry, &file.restart, factory)?;
+        runners.insert(name, runner);
+    }
+
+    Ok(ServerConfig {
+        source: path.to_path_buf(),
+        broker: file.broker,
+        mcp: file.mcp,
+        tui: file.tui,
+        restart: file.restart,
+        shutdown_timeout_ms: file.shutdown_timeout_ms,
+        runners,
+    })
+}
+
+fn check_broker(path: &Path, broker: &BrokerConfig) -> Result<(), ConfigFileError> {
+    if broker.use_builtin
+        && broker.tcp.addr != "localhost"
+        && broker.tcp.addr.parse::<IpAddr>().is_err()
+    {
+        return Err(invalid(
+            path,
+            "broker.tcp.addr",
+            format!(
+                "\"{}\" is not an IP address to bind the embedded broker to",
+                broker.tcp.addr
+            ),
+        ));
+    }
+    if broker.tcp.addr.is_empty() {
+        return Err(invalid(path, "broker.tcp.addr", "must not be empty"));
+    }
+    if broker.password.is_some() && broker.username.is_none() {
+        return Err(invalid(
+            path,
+            "broker.password",
+            "is set without broker.username",
+        ));
+    }
+    if let Some(namespace) = &broker.namespace {
+        check_namespace(namespace).map_err(|m| invalid(path, "broker.namespace", m))?;
+    }
+    Ok(())
+}
+
+/// A namespace is one or more topic levels of `[A-Za-z0-9_-]`, joined by `/`.
+fn check_namespace(namespace: &str) -> Result<(), String> {
+    if namespace.is_empty() {
+        return Err("must not be empty (leave it out for no namespace)".into());
+    }
+    for level in namespace.split('/') {
+        if level.is_empty() || !level.bytes().all(is_name_byte) {
+            return Err(format!(
+                "\"{namespace}\" must be topic levels of A-Z, a-z, 0-9, '_' or '-', joined by '/'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+fn check_runner_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_RUNNER_NAME {
+        return Err(format!(
+            "a runner name has 1 to {MAX_RUNNER_NAME} characters"
+        ));
+    }
+    if !name.bytes().all(is_name_byte) {
+        return Err("a runner name may hold only A-Z, a-z, 0-9, '_' and '-' (it becomes an MQTT topic level)".into());
+    }
+    Ok(())
+}
+
+fn check_runner(
+    path: &Path,
+    name: &str,
+    entry: serde_json::Map<String, Value>,
+    server_restart: &RestartSettings,
+    factory: &DriverFactory,
+) -> Result<RunnerConfig, ConfigFileError> {
+    let key = |k: &str| format!("runners.{name}.{k}");
+    check_runner_name(name).map_err(|m| invalid(path, format!("runners.{name}"), m))?;
+
+    let (common, driver_settings): (DriverSettings, DriverSettings) = entry
+        .into_iter()
+        .partition(|(k, _)| RUNNER_KEYS.contains(&k.as_str()));
+    let runner: RunnerFile = from_value(path, Value::Object(common), &format!("runners.{name}"))?;
+
+    let model = factory.model(&runner.model).ok_or_else(|| {
+        invalid(
+            path,
+            key("model"),
+            format!(
+                "unknown model \"{}\" (available: {})",
+                runner.model,
+                factory.model_names().join(", ")
+            ),
+        )
+    })?;
+    let manifest = model.manifest();
+
+    for extra in driver_settings.keys() {
+        if !manifest.settings.contains(&extra.as_str()) {
+            let mut known: Vec<&str> = RUNNER_KEYS.to_vec();
+            known.extend(manifest.settings);
+            return Err(invalid(
+                path,
+                key(extra),
+                format!(
+                    "unknown key for model {} (known keys: {})",
+                    manifest.model,
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    model
+        .check_settings(&driver_settings)
+        .map_err(|e| invalid(path, key(&e.key), e.message))?;
+
+    let limits = SecurityLimitsConfig {
+        min_voltage: runner.security_min_voltage,
+        max_voltage: runner.security_max_voltage,
+        min_current: runner.security_min_current,
+        max_current: runner.security_max_current,
+    };
+    check_limits(
+        ("voltage", "V"),
+        limits.min_voltage,
+        limits.max_voltage,
+        manifest.voltage_range,
+        manifest.model,
+    )
+    .map_err(|(k, m)| invalid(path, key(&k), m))?;
+    check_limits(
+        ("current", "A"),
+        limits.min_current,
+        limits.max_current,
+        manifest.current_range,
+        manifest.model,
+    )
+    .map_err(|(k, m)| invalid(path, key(&k), m))?;
+
+    if runner.command_timeout_ms == 0 {
+        return Err(invalid(
+            path,
+            key("command_timeout_ms"),
+            "must be greater than 0",
+        ));
+    }
+    server_restart
+        .merged(&runner.restart)
+        .resolve()
+        .map_err(|(k, m)| invalid(path, key(&format!("restart.{k}")), m))?;
+
+    Ok(RunnerConfig {
+        model: runner.model,
+        description: runner.description,
+        limits,
+        measure_period_ms: runner.measure_period_ms,
+        command_timeout_ms: runner.command_timeout_ms,
+        on_shutdown: runner.on_shutdown,
+        restart: runner.restart,
+        driver_settings,
+    })
+}
+
+/// Checks one pair of security limits against the model's range; returns the
+/// offending key and the reason.
+fn check_limits(
+    (quantity, unit): (&str, &str),
+    min: Option<f64>,
+    max: Option<f64>,
+    range: Range,
+    model: &str,
+) -> Result<(), (String, String)> {
+    let min_key = format!("security_min_{quantity}");
+    let max_key = format!("security_max_{quantity}");
+    for (key, value) in [(&min_key, min), (&max_key, max)] {
+        if let Some(v) = value {
+            if !v.is_finite() {
+                return Err((key.clone(), format!("must be a finite number, not {v}")));
+            }
+            if !range.contains(v) {
+                return Err((
+                    key.clone(),
+                    format!(
+                        "{v} {unit} is outside the {model} range {}..{} {unit}",
+                        range.min, range.max
+                    ),
+                ));
+            }
+        }
+    }
+    let (lo, hi) = (min.unwrap_or(range.min), max.unwrap_or(range.max));
+    if lo > hi {
+        return Err((
+            min_key,
+            format!("{lo} {unit} is greater than {max_key} {hi} {unit}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The configuration as typed values, after loading and checking.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::RestartSettings;
+use crate::drivers::DriverSettings;
+
+/// The whole server configuration, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub broker: BrokerConfig,
+    pub mcp: McpConfig,
+    pub tui: TuiConfig,
+    /// The server-wide restart settings, merged over the built-in defaults.
+    pub restart: RestartSettings,
+    pub shutdown_timeout_ms: u64,
+    pub runners: BTreeMap<String, RunnerConfig>,
+}
+
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5000;
+pub(super) const DEFAULT_MEASURE_PERIOD_MS: u64 = 1000;
+pub(super) const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 2000;
+
+/// The MQTT broker: the embedded one, or an external one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    #[serde(default = "yes")]
+    pub use_builtin: bool,
+    #[serde(default)]
+    pub tcp: TcpConfig,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Topic prefix, for several servers on one broker.
+    pub namespace: Option<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            use_builtin: true,
+            tcp: TcpConfig::default(),
+            username: None,
+            password: None,
+            namespace: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Bind address of the embedded broker, or address of the external one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    #[serde(default = "default_addr")]
+    pub addr: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            addr: default_addr(),
+            port: default_port(),
+        }
+    }
+}
+
+fn default_addr() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+/// The MCP service (not built yet: the keys are accepted and checked).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default = "default_addr")]
+    pub host: String,
+    #[serde(default = "default_mcp_port")]
+    pub port: u16,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            enable: false,
+            host: default_addr(),
+            port: default_mcp_port(),
+        }
+    }
+}
+
+fn default_mcp_port() -> u16 {
+    50051
+}
+
+/// The terminal UI (not built yet: the keys are accepted and checked).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuiConfig {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default = "default_toggle_key")]
+    pub power_toggle_key: String,
+}
+
+impl Default for TuiConfig {
+    fn default() -> Self {
+        TuiConfig {
+            enable: false,
+            power_toggle_key: default_toggle_key(),
+        }
+    }
+}
+
+fn default_toggle_key() -> String {
+    "p".into()
+}
+
+/// What a runner does to the output when the server shuts down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdown {
+    /// Leave the output as it is.
+    #[default]
+    Keep,
+    /// Turn the output off.
+    OutputOff,
+}
+
+/// Security limits as configured; a missing bound takes the model's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SecurityLimitsConfig {
+    pub min_voltage: Option<f64>,
+    pub max_voltage: Option<f64>,
+    pub min_current: Option<f64>,
+    pub max_current: Option<f64>,
+}
+
+/// One configured power supply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerConfig {
+    /// The model name as written (an alias is kept as written).
+    pub model: String,
+    pub description: String,
+    pub limits: SecurityLimitsConfig,
+    /// 0 turns periodic measurements off.
+    pub measure_period_ms: u64,
+    pub command_timeout_ms: u64,
+    pub on_shutdown: OnShutdown,
+    /// This runner's restart settings, merged over the server-wide ones.
+    pub restart: RestartSettings,
+    /// The model-specific keys (`serial_port`, `faults`, ...).
+    pub driver_settings: DriverSettings,
+}

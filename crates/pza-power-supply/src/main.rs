@@ -1,0 +1,52 @@
+//! `pza-power-supply`: parses the command line, sets up logging, and turns
+//! errors into a one-line message and an exit status.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pza_power_supply::cli::{self, Cli, Command};
+use pza_power_supply::drivers::DriverFactory;
+use tracing_subscriber::EnvFilter;
+
+/// Logs without `RUST_LOG`: ours at info; rumqttd's are left out, as it logs
+/// every ordinary disconnection as an error (`RUST_LOG=info` shows them).
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=off";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .init();
+
+    let factory = DriverFactory::with_builtin_models();
+    let outcome = match cli.command {
+        Command::Version => {
+            println!("{}", cli::version());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(args) => cli::list(args, &factory).map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Run(args) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(cli::run(args, factory)),
+            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+        },
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pza-power-supply: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The server: the embedded broker (unless an external one is used) and the
+//! runners, started in that order and stopped in the reverse order.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use pza_toolkit::mqtt::EmbeddedBroker;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::drivers::DriverFactory;
+use crate::runners::RunnersService;
+
+/// What to leave out, from the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerOptions {
+    /// Do not start the embedded broker, even if the config asks for it.
+    pub no_broker: bool,
+    /// Do not start the runners.
+    pub no_runners: bool,
+}
+
+/// A running server.
+pub struct Server {
+    broker: Option<EmbeddedBroker>,
+    runners: Option<(RunnersService, JoinHandle<anyhow::Result<()>>)>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Starts the broker, waits until it accepts connections, then starts the
+    /// runners.
+    pub async fn start(
+        config: ServerConfig,
+        factory: Arc<Mutex<DriverFactory>>,
+        options: ServerOptions,
+    ) -> anyhow::Result<Server> {
+        let shutdown = CancellationToken::new();
+        let broker = if config.broker.use_builtin && !options.no_broker {
+            let ip = match config.broker.tcp.addr.as_str() {
+                "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                other => other.parse().map_err(|_| {
+                    anyhow::anyhow!("broker.tcp.addr: \"{other}\" is not an IP address")
+                })?,
+            };
+            let credentials = config
+                .broker
+                .username
+                .clone()
+                .map(|u| (u, config.broker.password.clone().unwrap_or_default()));
+            Some(
+                EmbeddedBroker::start(SocketAddr::new(ip, config.broker.tcp.port), credentials)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let runners = if options.no_runners {
+            None
+        } else {
+            match RunnersService::start_with_shutdown(config, factory, shutdown.clone()).await {
+                Ok(started) => Some(started),
+                Err(e) => {
+                    if let Some(broker) = broker {
+                        broker.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        Ok(Server {
+            broker,
+            runners,
+            shutdown,
+        })
+    }
+
+    /// The token that starts the graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The address of the embedded broker, if it runs.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(EmbeddedBroker::addr)
+    }
+
+    /// Waits for the shutdown to be asked, then for the runners to stop, and
+    /// stops the broker last.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        let result = match self.runners {
+            Some((_service, handle)) => match handle.await {
+                Ok(result) => result,
+                Err(e) => Err(anyhow::anyhow!("the runners service failed: {e}")),
+            },
+            None => Ok(()),
+        };
+        if let Some(broker) = self.broker {
+            broker.stop().await;
+        }
+        result
+    }
+
+    /// Asks for the shutdown and waits for it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}

@@ -1,0 +1,259 @@
+//! Shared test helpers: a server on a free port with the embedded broker, and
+//! a real MQTT client that waits for messages (never for fixed delays).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pza_power_supply::config::{self, ServerConfig};
+use pza_power_supply::drivers::emulator::EmulatorModel;
+use pza_power_supply::drivers::DriverFactory;
+use pza_power_supply::server::{Server, ServerOptions};
+use pza_toolkit::mqtt::probe_free_port;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::{mpsc, Mutex};
+
+/// Upper bound for any single wait in tests: far above any normal latency,
+/// it only turns a hang into a failure.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A server with the embedded broker on a free port.
+pub struct TestServer {
+    pub port: u16,
+    pub emulator: Arc<EmulatorModel>,
+    pub factory: Arc<Mutex<DriverFactory>>,
+    server: Option<Server>,
+}
+
+/// Config text for a server on `port` with `runners` (a JSON5 object body)
+/// and `extra` top-level keys.
+pub fn config_text(port: u16, runners: &str, extra: &str) -> String {
+    format!("{{ broker: {{ use_builtin: true, tcp: {{ addr: \"127.0.0.1\", port: {port} }} }}, {extra} runners: {{ {runners} }} }}")
+}
+
+/// A factory holding every built-in model, with the emulator kept at hand.
+pub fn factory() -> (DriverFactory, Arc<EmulatorModel>) {
+    let mut factory = DriverFactory::with_builtin_models();
+    let emulator = Arc::new(EmulatorModel::new());
+    factory.register(emulator.clone());
+    (factory, emulator)
+}
+
+pub fn parse_config(text: &str) -> ServerConfig {
+    let (factory, _) = factory();
+    match config::parse(Path::new("test.json5"), text, &factory) {
+        Ok(c) => c,
+        Err(e) => panic!("test config rejected: {e}"),
+    }
+}
+
+impl TestServer {
+    /// Starts a server whose runners are `runners` (a JSON5 object body).
+    pub async fn start(runners: &str) -> TestServer {
+        Self::start_with(runners, "").await
+    }
+
+    /// Same, with `extra` top-level config keys (`restart: {...},`).
+    pub async fn start_with(runners: &str, extra: &str) -> TestServer {
+        let port = probe_free_port().expect("a free port");
+        let (factory, emulator) = factory();
+        let config = config::parse(
+            Path::new("test.json5"),
+            &config_text(port, runners, extra),
+            &factory,
+        )
+        .unwrap_or_else(|e| panic!("test config rejected: {e}"));
+        let factory = Arc::new(Mutex::new(factory));
+        let server = Server::start(config, factory.clone(), ServerOptions::default())
+            .await
+            .expect("server starts");
+        TestServer {
+            port,
+            emulator,
+            factory,
+            server: Some(server),
+        }
+    }
+
+    /// Asks for the shutdown and waits until the server has stopped.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(WAIT, server.shutdown())
+                .await
+                .expect("shutdown within the wait bound")
+                .expect("clean shutdown");
+        }
+    }
+
+    /// Takes the server out, to drive its shutdown by hand.
+    pub fn take(&mut self) -> Server {
+        self.server.take().expect("server still there")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.port).await
+    }
+}
+
+/// A message received by a `Client`.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "{}: payload is not JSON ({e}): {:?}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
+    }
+}
+
+/// A real MQTT client (rumqttc) on the test broker.
+pub struct Client {
+    client: AsyncClient,
+    messages: mpsc::UnboundedReceiver<Message>,
+    subacks: mpsc::UnboundedReceiver<()>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl Client {
+    pub async fn connect(port: u16) -> Client {
+        let id = format!("test-{:08x}", rand::random::<u32>());
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let (subacks_tx, subacks) = mpsc::unbounded_channel();
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let pump = tokio::spawn(async move {
+            let mut connected_tx = Some(connected_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = messages_tx.send(Message {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subacks_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, connected)
+            .await
+            .expect("connected in time")
+            .expect("pump alive");
+        Client {
+            client,
+            messages,
+            subacks,
+            pump,
+        }
+    }
+
+    /// Subscribes at QoS 1 and waits for the broker's acknowledgement.
+    pub async fn subscribe(&mut self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+        tokio::time::timeout(WAIT, self.subacks.recv())
+            .await
+            .expect("suback in time");
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish queued");
+    }
+
+    /// The next message, whatever its topic.
+    pub async fn next(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.messages.recv())
+            .await
+            .expect("a message within the wait bound")
+            .expect("client alive")
+    }
+
+    /// Skips messages until one on `topic` satisfies `pred`; returns it and
+    /// the messages skipped on the way.
+    pub async fn wait_for_collect(
+        &mut self,
+        topic: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Vec<Message>) {
+        let mut skipped = Vec::new();
+        loop {
+            let m = self.next().await;
+            if m.topic == topic {
+                let v = m.json();
+                if pred(&v) {
+                    return (v, skipped);
+                }
+            }
+            skipped.push(m);
+        }
+    }
+
+    pub async fn wait_for(&mut self, topic: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_collect(topic, pred).await.0
+    }
+
+    /// Waits for the status `status` of runner `runner`.
+    pub async fn wait_status(&mut self, runner: &str, status: &str) -> Value {
+        self.wait_for(&format!("power-supply/{runner}/status"), |v| {
+            v["status"] == status
+        })
+        .await
+    }
+
+    /// Waits for a message carrying `pza_id` on any topic but a command topic
+    /// (where the command itself is seen by a client subscribed to `#`).
+    pub async fn wait_reply(&mut self, pza_id: &str) -> Message {
+        loop {
+            let m = self.next().await;
+            if !m.topic.ends_with("/cmd")
+                && serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["pza_id"] == pza_id)
+            {
+                return m;
+            }
+        }
+    }
+}
+
+/// A subscriber to every topic of `runner`, waiting until it is `Running`.
+pub async fn running_client(server: &TestServer, runner: &str) -> Client {
+    let mut client = server.client().await;
+    client.subscribe(&format!("power-supply/{runner}/#")).await;
+    client.wait_status(runner, "Running").await;
+    client
+}
