@@ -89,6 +89,9 @@ pub fn load_config(arg: &ConfigArg, factory: &DriverFactory) -> anyhow::Result<S
 /// Runs the server until a signal; a second signal exits at once with 130.
 pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config, &factory)?;
+    // Listen before starting anything: a signal that comes early must still
+    // start a graceful shutdown rather than kill the process.
+    let mut signals = Signals::new()?;
     let options = ServerOptions {
         no_broker: args.no_broker,
         no_runners: args.no_runners,
@@ -96,38 +99,59 @@ pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCo
     let server = Server::start(config, Arc::new(Mutex::new(factory)), options).await?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
-        if let Err(e) = wait_for_signal().await {
-            tracing::error!(error = %e, "cannot listen for signals");
-            return;
-        }
+        signals.recv().await;
         tracing::info!("shutting down (a second signal exits at once)");
         shutdown.cancel();
-        if wait_for_signal().await.is_ok() {
-            eprintln!("pza-power-supply: second signal during shutdown: exiting now");
-            std::process::exit(i32::from(EXIT_SECOND_SIGNAL));
-        }
+        signals.recv().await;
+        eprintln!("pza-power-supply: second signal during shutdown: exiting now");
+        std::process::exit(i32::from(EXIT_SECOND_SIGNAL));
     });
     server.wait().await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT or SIGTERM on Unix; Ctrl+C elsewhere.
-async fn wait_for_signal() -> std::io::Result<()> {
+/// SIGINT and SIGTERM on Unix; Ctrl+C elsewhere. Created once, so that no
+/// signal is missed between two waits.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen =
+                |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot listen for signals: {e}"));
+            Ok(Signals {
+                terminate: listen(SignalKind::terminate())?,
+                interrupt: listen(SignalKind::interrupt())?,
+            })
         }
-        Ok(())
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => {}
+                _ = self.interrupt.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

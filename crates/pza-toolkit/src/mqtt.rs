@@ -23,6 +23,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const READY_PROBE_FIRST: Duration = Duration::from_millis(1);
 const READY_PROBE_MAX: Duration = Duration::from_millis(50);
 
+/// Longest wait for the broker to route messages already received, at stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Time left to the broker's connection tasks after the drain, at stop.
+const DRAIN_LINGER: Duration = Duration::from_millis(100);
+
 /// Largest MQTT payload the embedded broker takes. Larger publishes close the
 /// sender's connection (rumqttd's rule); 2 MiB leaves room for hostile tests.
 pub const MAX_PAYLOAD_SIZE: usize = 2 * 1024 * 1024;
@@ -125,14 +131,72 @@ impl EmbeddedBroker {
         }
     }
 
+    /// Sends one message through the broker to itself. The router handles
+    /// messages in order, so once it comes back, every message received
+    /// before it has been handed to its subscribers' connections. Without
+    /// this, a process that exits right after its last publish (a `Stopped`
+    /// status) could take those messages with it.
+    async fn drain(&self) -> bool {
+        let topic = format!("pza-toolkit/drain/{:016x}", rand::random::<u64>());
+        let endpoint = BrokerEndpoint {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+            username: None,
+            password: None,
+        };
+        let options = client_options(
+            &format!("pza-drain-{:08x}", rand::random::<u32>()),
+            &endpoint,
+            None,
+        );
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let round_trip = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        client.try_subscribe(topic.clone(), QoS::AtLeastOnce).ok()?;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        client
+                            .try_publish(topic.clone(), QoS::AtLeastOnce, false, Vec::new())
+                            .ok()?;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))
+                        if p.topic == topic =>
+                    {
+                        let _ = client.try_disconnect();
+                        return Some(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        };
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, round_trip)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        // The router serves connections in its own order, and rumqttd does not
+        // tell when a connection task has written what it was handed: leave
+        // them a moment to do so.
+        tokio::time::sleep(DRAIN_LINGER).await;
+        drained
+    }
+
     /// The address the broker listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops accepting connections. Connections still open end when their
-    /// clients disconnect; rumqttd offers no way to cut them from outside.
+    /// Stops accepting connections, once the messages already received are
+    /// on their way to their subscribers. Connections still open end when
+    /// their clients disconnect, or with the process; rumqttd offers no way to
+    /// cut them from outside.
     pub async fn stop(self) {
+        if !self.drain().await {
+            tracing::warn!(addr = %self.addr, "the embedded MQTT broker did not drain in time");
+        }
         self.listener.abort();
         let _ = self.listener.await;
         tracing::info!(addr = %self.addr, "embedded MQTT broker stopped");

@@ -57,6 +57,9 @@ pub struct Faults {
     /// Setting this voltage ends the session on purpose (`ErrorKind::Closed`):
     /// the runner ends cleanly and is not restarted.
     pub exit_on_voltage: Option<f64>,
+    /// The driver's `shutdown` never returns (a device that cannot be closed).
+    #[serde(default)]
+    pub hang_on_shutdown: bool,
     /// The first N initializations of this runner fail, counted across
     /// restarts.
     #[serde(default)]
@@ -231,6 +234,9 @@ impl PowerSupplyDriver for EmulatorDriver {
     }
 
     async fn shutdown(&mut self) -> Result<(), DriverError> {
+        if self.faults.hang_on_shutdown {
+            std::future::pending::<()>().await;
+        }
         self.initialized = false;
         Ok(())
     }

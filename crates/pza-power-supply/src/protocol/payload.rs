@@ -47,9 +47,12 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// One field of a JSON object.
+type Field = (String, Value);
+
 /// The fields of a JSON object, in order, duplicates kept (serde_json's own
 /// maps keep only the last of duplicate keys, which would hide them).
-struct Fields(Vec<(String, Value)>);
+struct Fields(Vec<Field>);
 
 impl<'de> serde::Deserialize<'de> for Fields {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -178,6 +178,21 @@ impl Client {
         }
     }
 
+    /// Connects once the broker on `port` accepts, trying for at most `limit`.
+    pub async fn connect_until(port: u16, limit: Duration) -> Option<Client> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Some(Client::connect(port).await);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Subscribes at QoS 1 and waits for the broker's acknowledgement.
     pub async fn subscribe(&mut self, filter: &str) {
         self.client
@@ -196,6 +211,14 @@ impl Client {
             .expect("publish queued");
     }
 
+    /// The next message before `deadline`, if any.
+    pub async fn next_before(&mut self, deadline: tokio::time::Instant) -> Option<Message> {
+        tokio::time::timeout_at(deadline, self.messages.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The next message, whatever its topic.
     pub async fn next(&mut self) -> Message {
         tokio::time::timeout(WAIT, self.messages.recv())
@@ -205,15 +228,20 @@ impl Client {
     }
 
     /// Skips messages until one on `topic` satisfies `pred`; returns it and
-    /// the messages skipped on the way.
+    /// the messages skipped on the way. The whole wait is bounded by `WAIT`.
     pub async fn wait_for_collect(
         &mut self,
         topic: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> (Value, Vec<Message>) {
+        let deadline = tokio::time::Instant::now() + WAIT;
         let mut skipped = Vec::new();
         loop {
-            let m = self.next().await;
+            let m = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no matching message on {topic} within {WAIT:?}; skipped: {skipped:?}")
+                });
             if m.topic == topic {
                 let v = m.json();
                 if pred(&v) {
@@ -236,11 +264,31 @@ impl Client {
         .await
     }
 
+    /// Waits until every runner of `runners` has published `status`, in any order.
+    pub async fn wait_all_status(&mut self, runners: &[&str], status: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut missing: Vec<String> = runners
+            .iter()
+            .map(|r| format!("power-supply/{r}/status"))
+            .collect();
+        while !missing.is_empty() {
+            let m = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .unwrap_or_else(|_| panic!("{missing:?} not {status} within {WAIT:?}"));
+            if serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["status"] == status) {
+                missing.retain(|t| *t != m.topic);
+            }
+        }
+    }
+
     /// Waits for a message carrying `pza_id` on any topic but a command topic
     /// (where the command itself is seen by a client subscribed to `#`).
     pub async fn wait_reply(&mut self, pza_id: &str) -> Message {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let m = self.next().await;
+            let m = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .unwrap_or_else(|_| panic!("no reply with pza_id {pza_id} within {WAIT:?}"));
             if !m.topic.ends_with("/cmd")
                 && serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["pza_id"] == pza_id)
             {

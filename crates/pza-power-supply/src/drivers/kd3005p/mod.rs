@@ -133,27 +133,11 @@ impl Kd3005pDriver {
     }
 }
 
-impl Drop for Kd3005pDriver {
-    fn drop(&mut self) {
-        release(self.link.take());
-    }
-}
-
-/// Gives the port back. serialport opens it with `TIOCEXCL` and does not
-/// clear it on close; while another process (such as the simulator) holds
-/// the tty open, the flag would outlive us and refuse the next driver's open.
-fn release(link: Option<Transport<SerialStream>>) {
-    if let Some(link) = link {
-        let mut stream = link.into_link();
-        // An ioctl that does not block; failing only means the port is gone.
-        let _ = stream.set_exclusive(false);
-    }
-}
-
 #[async_trait]
 impl PowerSupplyDriver for Kd3005pDriver {
     async fn initialize(&mut self) -> Result<(), DriverError> {
-        release(self.link.take());
+        // Closes the port first, if it was open: it is opened exclusively.
+        self.link = None;
         let (port, stream) = transport::open_serial(&self.settings.port).await?;
         let mut link = Transport::new(stream, port, self.settings.timing);
         let query = Query::Identity;
@@ -165,7 +149,9 @@ impl PowerSupplyDriver for Kd3005pDriver {
     }
 
     async fn shutdown(&mut self) -> Result<(), DriverError> {
-        release(self.link.take());
+        // Dropping the stream closes the port and clears its exclusive
+        // access (serialport does TIOCNXCL on close).
+        self.link = None;
         Ok(())
     }
 

@@ -187,10 +187,6 @@ impl<L: Link> Transport<L> {
         &self.port
     }
 
-    pub fn into_link(self) -> L {
-        self.link
-    }
-
     /// Sends a set command, which the device does not answer.
     pub async fn send(&mut self, command: &[u8]) -> Result<(), DriverError> {
         self.write_request(command).await?;

@@ -1,0 +1,436 @@
+//! Supervision through the whole stack: crashes injected with the emulator's
+//! faults, statuses read on MQTT, delays given by the policy (jitter 0).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{running_client, Client, TestServer, WAIT};
+use serde_json::{json, Value};
+
+/// Collects the statuses of `runner` until one equals `last`.
+async fn statuses_until(c: &mut Client, runner: &str, last: &str) -> Vec<Value> {
+    let topic = format!("power-supply/{runner}/status");
+    let mut seen = Vec::new();
+    loop {
+        let m = c.next().await;
+        if m.topic == topic {
+            let v = m.json();
+            let done = v["status"] == last;
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn names(statuses: &[Value]) -> Vec<&str> {
+    statuses
+        .iter()
+        .map(|s| s["status"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+const FAST: &str = "restart: { initial_delay_ms: 20, multiplier: 2, jitter: 0 }";
+
+#[tokio::test]
+async fn a_panic_restarts_the_runner_and_commands_work_again() {
+    let server = TestServer::start(&format!(
+        r#"p: {{ model: "emulator", measure_period_ms: 0, faults: {{ panic_on_voltage: 13 }}, {FAST} }}"#
+    ))
+    .await;
+    let mut c = running_client(&server, "p").await;
+    c.publish(
+        "power-supply/p/voltage/cmd",
+        r#"{"pza_id":"boom","voltage":"13"}"#,
+    )
+    .await;
+    let seen = statuses_until(&mut c, "p", "Running").await;
+    assert_eq!(
+        names(&seen),
+        ["Panicking", "Restarting", "Initializing", "Running"]
+    );
+    assert!(
+        seen[0]["panic_message"]
+            .as_str()
+            .unwrap()
+            .contains("emulator fault: panic_on_voltage 13"),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(seen[1]["next_restart_ms"], 20);
+    assert_eq!(
+        seen[3],
+        json!({"pza_id": null, "status": "Running", "restarts": 1})
+    );
+
+    c.publish(
+        "power-supply/p/voltage/cmd",
+        r#"{"pza_id":"after","voltage":"5"}"#,
+    )
+    .await;
+    assert_eq!(
+        c.wait_reply("after").await.json(),
+        json!({"pza_id": "after", "voltage": "5.00"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_error_exit_restarts_the_runner_after_answering_the_command() {
+    let server = TestServer::start(&format!(
+        r#"e: {{ model: "emulator", measure_period_ms: 0, faults: {{ error_on_voltage: 6 }}, {FAST} }}"#
+    ))
+    .await;
+    let mut c = running_client(&server, "e").await;
+    c.publish(
+        "power-supply/e/voltage/cmd",
+        r#"{"pza_id":"err","voltage":"6"}"#,
+    )
+    .await;
+    let reply = c.wait_reply("err").await;
+    assert_eq!(reply.topic, "power-supply/e/error");
+    assert_eq!(
+        reply.json()["message"],
+        "voltage: I/O error: emulator fault: error_on_voltage 6"
+    );
+    let seen = statuses_until(&mut c, "e", "Running").await;
+    assert_eq!(
+        names(&seen),
+        ["Panicking", "Restarting", "Initializing", "Running"]
+    );
+    assert!(seen[0]["panic_message"]
+        .as_str()
+        .unwrap()
+        .contains("error_on_voltage 6"));
+    c.publish(
+        "power-supply/e/voltage/cmd",
+        r#"{"pza_id":"ok","voltage":"5"}"#,
+    )
+    .await;
+    assert_eq!(c.wait_reply("ok").await.json()["voltage"], "5.00");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_clean_exit_is_not_restarted() {
+    let server = TestServer::start(&format!(
+        r#"x: {{ model: "emulator", measure_period_ms: 0, faults: {{ exit_on_voltage: 2 }}, {FAST} }},
+           witness: {{ model: "emulator", measure_period_ms: 0 }}"#
+    ))
+    .await;
+    let mut c = running_client(&server, "x").await;
+    c.publish(
+        "power-supply/x/voltage/cmd",
+        r#"{"pza_id":"bye","voltage":"2"}"#,
+    )
+    .await;
+    assert_eq!(c.wait_reply("bye").await.topic, "power-supply/x/error");
+    let stopped = c.wait_status("x", "Stopped").await;
+    assert_eq!(stopped["restarts"], 0);
+    // Ask another runner something, long after a restart would have come:
+    // nothing more was published for `x`.
+    c.subscribe("power-supply/witness/#").await;
+    for i in 0..5 {
+        let id = format!("w{i}");
+        c.publish(
+            "power-supply/witness/voltage/cmd",
+            format!(r#"{{"pza_id":"{id}","voltage":"1"}}"#),
+        )
+        .await;
+        let (_, between) = c
+            .wait_for_collect("power-supply/witness/voltage", |v| {
+                v["pza_id"] == id.as_str()
+            })
+            .await;
+        assert!(
+            between
+                .iter()
+                .all(|m| !m.topic.starts_with("power-supply/x/")),
+            "{between:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_fails_after_exactly_max_retries_with_the_policy_delays() {
+    // Every initialization fails: a crash loop that never reaches Running.
+    let server = TestServer::start(
+        r#"loop: { model: "emulator", measure_period_ms: 0, faults: { fail_initialize: 100 },
+                  restart: { initial_delay_ms: 10, multiplier: 2, max_delay_ms: 50, jitter: 0, max_retries: 4 } }"#,
+    )
+    .await;
+    let mut c = server.client().await;
+    c.subscribe("power-supply/loop/status").await;
+    let seen = statuses_until(&mut c, "loop", "Failed").await;
+    let delays: Vec<u64> = seen
+        .iter()
+        .filter_map(|s| s["next_restart_ms"].as_u64())
+        .collect();
+    assert_eq!(delays, [10, 20, 40, 50]);
+    let failed = seen.last().unwrap();
+    assert_eq!(failed["restarts"], 4);
+    assert!(
+        failed["panic_message"]
+            .as_str()
+            .unwrap()
+            .contains("injected initialization failure 5 of 100"),
+        "{failed}"
+    );
+    assert_eq!(server.emulator.device("loop").unwrap().initializations, 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_retries_zero_never_restarts_and_restart_cmd_revives() {
+    let server = TestServer::start(
+        r#"f: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+               restart: { max_retries: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "f").await;
+    c.publish(
+        "power-supply/f/voltage/cmd",
+        r#"{"pza_id":"p","voltage":"1"}"#,
+    )
+    .await;
+    let seen = statuses_until(&mut c, "f", "Failed").await;
+    assert_eq!(names(&seen), ["Panicking", "Failed"]);
+    assert_eq!(seen[1]["restarts"], 0);
+
+    c.publish("power-supply/f/restart/cmd", r#"{"pza_id":"again"}"#)
+        .await;
+    let reply = c.wait_reply("again").await;
+    assert_eq!(reply.topic, "power-supply/f/status");
+    assert_eq!(reply.json()["status"], "Restarting");
+    assert_eq!(reply.json()["next_restart_ms"], 0);
+    let running = c.wait_status("f", "Running").await;
+    assert_eq!(running["restarts"], 1);
+    c.publish(
+        "power-supply/f/voltage/cmd",
+        r#"{"pza_id":"v","voltage":"2"}"#,
+    )
+    .await;
+    assert_eq!(c.wait_reply("v").await.json()["voltage"], "2.00");
+
+    c.publish("power-supply/f/restart/cmd", r#"{"pza_id":7}"#)
+        .await;
+    let error = c.wait_for("power-supply/f/error", |_| true).await;
+    assert_eq!(
+        error,
+        json!({"pza_id": null, "message": "field `pza_id` must be a string, not a number"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restart_cmd_restarts_a_running_runner_keeping_the_device() {
+    let server = TestServer::start(r#"r: { model: "emulator", measure_period_ms: 0 }"#).await;
+    let mut c = running_client(&server, "r").await;
+    c.publish(
+        "power-supply/r/voltage/cmd",
+        r#"{"pza_id":"v","voltage":"3.3"}"#,
+    )
+    .await;
+    c.wait_reply("v").await;
+    c.publish("power-supply/r/restart/cmd", r#"{"pza_id":"rs"}"#)
+        .await;
+    let seen = statuses_until(&mut c, "r", "Running").await;
+    assert_eq!(names(&seen), ["Restarting", "Initializing", "Running"]);
+    assert_eq!(seen[0]["pza_id"], "rs");
+    assert_eq!(seen[2]["restarts"], 1);
+    // The new runner found the device as the old one left it, and published
+    // it again (without the old reply's pza_id).
+    let mut late = server.client().await;
+    late.subscribe("power-supply/r/voltage").await;
+    assert_eq!(
+        late.next().await.json(),
+        json!({"pza_id": null, "voltage": "3.30"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthy_running_for_reset_after_restarts_from_the_first_delay() {
+    // reset_after_ms: 0 — any time spent Running counts as healthy.
+    let server = TestServer::start(
+        r#"h: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+               restart: { initial_delay_ms: 10, multiplier: 3, jitter: 0, reset_after_ms: 0 } },
+           n: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+               restart: { initial_delay_ms: 10, multiplier: 3, jitter: 0, reset_after_ms: 3600000 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "h").await;
+    c.subscribe("power-supply/n/#").await;
+    c.wait_status("n", "Running").await;
+    for runner in ["h", "n"] {
+        let mut delays = Vec::new();
+        for round in 0..3 {
+            c.publish(
+                &format!("power-supply/{runner}/voltage/cmd"),
+                format!(r#"{{"pza_id":"{round}","voltage":"1"}}"#),
+            )
+            .await;
+            let seen = statuses_until(&mut c, runner, "Running").await;
+            delays.extend(seen.iter().filter_map(|s| s["next_restart_ms"].as_u64()));
+        }
+        let expected: &[u64] = if runner == "h" {
+            &[10, 10, 10]
+        } else {
+            &[10, 30, 90]
+        };
+        assert_eq!(delays, expected, "runner {runner}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_in_long_backoff_does_not_hold_up_another() {
+    let server = TestServer::start(
+        r#"slow: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+                  restart: { initial_delay_ms: 3600000, max_delay_ms: 3600000, jitter: 0 } },
+           fast: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+                  restart: { initial_delay_ms: 10, jitter: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "slow").await;
+    c.subscribe("power-supply/fast/#").await;
+    c.wait_status("fast", "Running").await;
+
+    c.publish(
+        "power-supply/slow/voltage/cmd",
+        r#"{"pza_id":"a","voltage":"1"}"#,
+    )
+    .await;
+    let restarting = c.wait_status("slow", "Restarting").await;
+    assert_eq!(restarting["next_restart_ms"], 3_600_000);
+
+    for round in 0..3 {
+        c.publish(
+            "power-supply/fast/voltage/cmd",
+            format!(r#"{{"pza_id":"b{round}","voltage":"1"}}"#),
+        )
+        .await;
+        let (_, between) = c
+            .wait_for_collect("power-supply/fast/status", |v| v["status"] == "Running")
+            .await;
+        assert!(
+            between
+                .iter()
+                .all(|m| !m.topic.starts_with("power-supply/slow/")),
+            "{between:?}"
+        );
+        c.publish(
+            "power-supply/fast/voltage/cmd",
+            format!(r#"{{"pza_id":"ok{round}","voltage":"2"}}"#),
+        )
+        .await;
+        assert_eq!(
+            c.wait_reply(&format!("ok{round}")).await.json()["voltage"],
+            "2.00"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_during_a_backoff_cancels_the_restart_promptly() {
+    let mut server = TestServer::start(
+        r#"b: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+               restart: { initial_delay_ms: 3600000, max_delay_ms: 3600000, jitter: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "b").await;
+    c.publish(
+        "power-supply/b/voltage/cmd",
+        r#"{"pza_id":"a","voltage":"1"}"#,
+    )
+    .await;
+    c.wait_status("b", "Restarting").await;
+
+    // The pending restart is an hour away: ending within the wait bound
+    // shows the shutdown did not wait for it.
+    let running = server.take();
+    tokio::time::timeout(WAIT, running.shutdown())
+        .await
+        .expect("prompt shutdown")
+        .unwrap();
+    let stopped = c.wait_status("b", "Stopped").await;
+    assert_eq!(stopped["restarts"], 0);
+    assert_eq!(
+        server.emulator.device("b").unwrap().initializations,
+        1,
+        "no restart happened"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_aborts_a_hung_runner_after_the_timeout() {
+    let mut server = TestServer::start_with(
+        r#"hung: { model: "emulator", measure_period_ms: 0, command_timeout_ms: 3600000, faults: { hang_on_voltage: 9 } },
+           fine: { model: "emulator", measure_period_ms: 0, on_shutdown: "output_off" }"#,
+        "shutdown_timeout_ms: 300,",
+    )
+    .await;
+    let mut c = running_client(&server, "hung").await;
+    c.subscribe("power-supply/fine/#").await;
+    c.wait_status("fine", "Running").await;
+    c.publish(
+        "power-supply/hung/voltage/cmd",
+        r#"{"pza_id":"h","voltage":"9"}"#,
+    )
+    .await;
+    // The command is in progress once the runner stops answering others.
+    c.publish(
+        "power-supply/fine/state/cmd",
+        r#"{"pza_id":"on","state":"ON"}"#,
+    )
+    .await;
+    c.wait_reply("on").await;
+
+    let started = Instant::now();
+    tokio::time::timeout(WAIT, server.take().shutdown())
+        .await
+        .expect("service ends")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "aborted before the timeout: {took:?}"
+    );
+    c.wait_status("hung", "Stopped").await;
+    assert!(!server.emulator.device("fine").unwrap().output_enabled);
+}
+
+#[tokio::test]
+async fn output_off_on_shutdown_turns_the_output_off_before_stopped() {
+    let mut server = TestServer::start(
+        r#"off: { model: "emulator", measure_period_ms: 0, on_shutdown: "output_off" },
+           keep: { model: "emulator", measure_period_ms: 0 }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "off").await;
+    c.subscribe("power-supply/keep/#").await;
+    c.wait_status("keep", "Running").await;
+    for runner in ["off", "keep"] {
+        c.publish(
+            &format!("power-supply/{runner}/state/cmd"),
+            format!(r#"{{"pza_id":"{runner}","state":"ON"}}"#),
+        )
+        .await;
+        c.wait_reply(runner).await;
+    }
+    server.take().shutdown().await.unwrap();
+    let (_, before) = c
+        .wait_for_collect("power-supply/off/status", |v| v["status"] == "Stopped")
+        .await;
+    let off = before
+        .iter()
+        .find(|m| m.topic == "power-supply/off/state")
+        .expect("state published before Stopped");
+    assert_eq!(off.json()["state"], "OFF");
+    assert!(!server.emulator.device("off").unwrap().output_enabled);
+    assert!(server.emulator.device("keep").unwrap().output_enabled);
+}
