@@ -81,7 +81,7 @@ impl<'de> serde::Deserialize<'de> for Fields {
 fn parse_fields(
     payload: &[u8],
     allowed: &[&str],
-) -> Result<(Option<String>, Vec<(String, Value)>), Rejection> {
+) -> Result<(Option<String>, Vec<Field>), Rejection> {
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new(None, format!("payload is not valid UTF-8 ({e})")))?;
     if text.trim().is_empty() {
@@ -168,7 +168,7 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn field<'a>(fields: &'a [(String, Value)], name: &str) -> &'a Value {
+fn field<'a>(fields: &'a [Field], name: &str) -> &'a Value {
     // parse_fields checked that every allowed field is present.
     fields
         .iter()
