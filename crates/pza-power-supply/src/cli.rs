@@ -33,6 +33,34 @@ pub enum Command {
     List(ListArgs),
     /// Print the version.
     Version,
+    /// Simulate a device on a pseudo-terminal, to run the server without hardware.
+    Simulate(SimulateArgs),
+}
+
+/// The devices that can be simulated.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SimulatedModel {
+    /// Korad KD3005P / KA3005P.
+    Kd3005p,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The device to simulate.
+    #[arg(value_enum)]
+    pub model: SimulatedModel,
+    /// Also make a symbolic link to the pty here, for a stable path in a config file.
+    #[arg(long, value_name = "PATH")]
+    pub link: Option<PathBuf>,
+    /// Requests closer than this to the previous one are dropped, as slow units do.
+    #[arg(long, value_name = "MS", default_value_t = 80)]
+    pub pacing_ms: u64,
+    /// Resistance of the load on the output, in ohms.
+    #[arg(long, value_name = "OHMS", default_value_t = 10.0)]
+    pub load_ohms: f64,
+    /// Do not send the stray byte after `ISET1?` (some firmware does).
+    #[arg(long)]
+    pub no_stray_byte: bool,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +181,34 @@ impl Signals {
             }
         }
     }
+}
+
+/// Runs a simulated device until SIGINT or SIGTERM, printing its path first.
+pub async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let SimulatedModel::Kd3005p = args.model;
+    let mut signals = Signals::new()?;
+    let options = crate::simulator::SimulatorOptions {
+        pacing: std::time::Duration::from_millis(args.pacing_ms),
+        stray_iset_byte: !args.no_stray_byte,
+        load_ohms: args.load_ohms,
+        link: args.link,
+        ..Default::default()
+    };
+    let simulator = crate::simulator::Simulator::start(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the kd3005p simulator: {e}"))?;
+    let shown = simulator
+        .link()
+        .unwrap_or(simulator.path())
+        .display()
+        .to_string();
+    println!("{}", simulator.path().display());
+    eprintln!("kd3005p simulator ready: use serial_port: {{ name: \"{shown}\" }} in a kd3005p runner; Ctrl+C stops it");
+    simulator
+        .run_until(async move { signals.recv().await })
+        .await
+        .map_err(|e| anyhow::anyhow!("kd3005p simulator failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints what `list` asks; all sections when no flag is given.

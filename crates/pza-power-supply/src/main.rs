@@ -13,6 +13,13 @@ use tracing_subscriber::EnvFilter;
 /// every ordinary disconnection as an error (`RUST_LOG=info` shows them).
 const DEFAULT_LOG_FILTER: &str = "info,rumqttd=off";
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -34,13 +41,8 @@ fn main() -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }),
-        Command::Run(args) => match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime.block_on(cli::run(args, factory)),
-            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
-        },
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(cli::run(args, factory))),
+        Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(cli::simulate(args))),
     };
     match outcome {
         Ok(code) => code,

@@ -80,6 +80,17 @@ pub struct Kd3005pDriver {
     runner: String,
     settings: Kd3005pSettings,
     link: Option<Transport<SerialStream>>,
+    /// What the last set read back from the device, for the get that comes
+    /// right after it (the runner reads every value back after a set): one
+    /// paced round trip less per command. Any other request clears it.
+    verified: Option<Verified>,
+}
+
+/// A setting just read back from the device by a set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verified {
+    Value(Query, f64),
+    Output(bool),
 }
 
 impl Kd3005pDriver {
@@ -88,6 +99,7 @@ impl Kd3005pDriver {
             runner: runner.to_string(),
             settings,
             link: None,
+            verified: None,
         }
     }
 
@@ -98,11 +110,17 @@ impl Kd3005pDriver {
     }
 
     async fn query_value(&mut self, query: Query) -> Result<f64, DriverError> {
+        if let Some(Verified::Value(verified, value)) = self.verified.take() {
+            if verified == query {
+                return Ok(value);
+            }
+        }
         let reply = self.link()?.query(query.command(), query.framing()).await?;
         Ok(protocol::parse_value(query, &reply)?)
     }
 
     async fn status(&mut self) -> Result<protocol::Status, DriverError> {
+        self.verified = None;
         let query = Query::Status;
         let reply = self.link()?.query(query.command(), query.framing()).await?;
         Ok(protocol::parse_status(&reply)?)
@@ -116,9 +134,11 @@ impl Kd3005pDriver {
         requested: f64,
         decimals: usize,
     ) -> Result<(), DriverError> {
+        self.verified = None;
         self.link()?.send(&command).await?;
         let read_back = self.query_value(query).await?;
         if protocol::same_setting(requested, read_back, decimals) {
+            self.verified = Some(Verified::Value(query, read_back));
             Ok(())
         } else {
             Err(DriverError::new(
@@ -138,6 +158,7 @@ impl PowerSupplyDriver for Kd3005pDriver {
     async fn initialize(&mut self) -> Result<(), DriverError> {
         // Closes the port first, if it was open: it is opened exclusively.
         self.link = None;
+        self.verified = None;
         let (port, stream) = transport::open_serial(&self.settings.port).await?;
         let mut link = Transport::new(stream, port, self.settings.timing);
         let query = Query::Identity;
@@ -156,13 +177,19 @@ impl PowerSupplyDriver for Kd3005pDriver {
     }
 
     async fn output_enabled(&mut self) -> Result<bool, DriverError> {
+        if let Some(Verified::Output(enabled)) = self.verified {
+            self.verified = None;
+            return Ok(enabled);
+        }
         Ok(self.status().await?.output_enabled())
     }
 
     async fn set_output_enabled(&mut self, enabled: bool) -> Result<(), DriverError> {
         let command = protocol::set_output(enabled);
+        self.verified = None;
         self.link()?.send(command).await?;
         if self.status().await?.output_enabled() == enabled {
+            self.verified = Some(Verified::Output(enabled));
             Ok(())
         } else {
             Err(DriverError::new(
