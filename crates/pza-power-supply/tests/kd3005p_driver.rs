@@ -192,6 +192,9 @@ async fn an_unresponsive_unit_times_out_and_a_fresh_driver_recovers() {
     let sim = simulator(fast_simulator_options()).await;
     let mut d = initialized(&sim).await;
     d.set_voltage_setpoint(Volts(7.0)).await.unwrap();
+    // The get right after a set is the set's own read-back; the next one
+    // asks the device.
+    assert_eq!(d.voltage_setpoint().await.unwrap(), Volts(7.0));
 
     sim.set_responsive(false);
     let err = d.voltage_setpoint().await.unwrap_err();
@@ -210,6 +213,39 @@ async fn an_unresponsive_unit_times_out_and_a_fresh_driver_recovers() {
     let mut fresh = initialized(&sim).await;
     assert_eq!(fresh.voltage_setpoint().await.unwrap(), Volts(7.0));
     drop(fresh);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_get_right_after_a_set_reuses_the_verified_read_back() {
+    let sim = simulator(fast_simulator_options()).await;
+    let mut d = initialized(&sim).await;
+    d.set_voltage_setpoint(Volts(4.2)).await.unwrap();
+    let after_set = sim.served_requests();
+    assert_eq!(d.voltage_setpoint().await.unwrap(), Volts(4.2));
+    assert_eq!(
+        sim.served_requests(),
+        after_set,
+        "answered from the set's read-back"
+    );
+    assert_eq!(d.voltage_setpoint().await.unwrap(), Volts(4.2));
+    assert_eq!(
+        sim.served_requests(),
+        after_set + 1,
+        "asked the device again"
+    );
+
+    d.set_output_enabled(true).await.unwrap();
+    let after_set = sim.served_requests();
+    assert!(d.output_enabled().await.unwrap());
+    assert_eq!(sim.served_requests(), after_set);
+    // Any other request in between drops the kept value.
+    d.set_current_limit(Amps(1.5)).await.unwrap();
+    d.measure_voltage().await.unwrap();
+    let before = sim.served_requests();
+    assert_eq!(d.current_limit().await.unwrap(), Amps(1.5));
+    assert_eq!(sim.served_requests(), before + 1);
+    drop(d);
     sim.stop().await.unwrap();
 }
 

@@ -20,7 +20,7 @@ fn readme_commands() -> Vec<Vec<String>> {
     section
         .lines()
         .filter(|l| l.starts_with("mosquitto_pub "))
-        .map(|l| shell_words(l))
+        .map(shell_words)
         .collect()
 }
 

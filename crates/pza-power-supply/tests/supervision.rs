@@ -434,3 +434,40 @@ async fn output_off_on_shutdown_turns_the_output_off_before_stopped() {
     assert!(!server.emulator.device("off").unwrap().output_enabled);
     assert!(server.emulator.device("keep").unwrap().output_enabled);
 }
+
+#[tokio::test]
+async fn commands_queued_behind_a_crash_still_get_one_answer_each() {
+    let server = TestServer::start(
+        r#"q: { model: "emulator", measure_period_ms: 0, command_timeout_ms: 500,
+               faults: { hang_on_voltage: 9 }, restart: { initial_delay_ms: 10, jitter: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "q").await;
+    c.publish(
+        "power-supply/q/voltage/cmd",
+        r#"{"pza_id":"hang","voltage":"9"}"#,
+    )
+    .await;
+    for i in 0..3 {
+        c.publish(
+            "power-supply/q/current/cmd",
+            format!(r#"{{"pza_id":"queued{i}","current":"1"}}"#),
+        )
+        .await;
+    }
+    let hang = c.wait_reply("hang").await;
+    assert!(hang.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer within 500 ms"));
+    for i in 0..3 {
+        let reply = c.wait_reply(&format!("queued{i}")).await;
+        assert_eq!(reply.topic, "power-supply/q/error");
+        assert_eq!(
+            reply.json()["message"],
+            "not applied: the runner is restarting"
+        );
+    }
+    c.wait_status("q", "Running").await;
+    server.stop().await;
+}

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use pza_toolkit::config::{from_value, invalid, parse_json5_value, ConfigFileError};
+use pza_toolkit::mqtt::{ClientTls, TlsError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,7 +20,7 @@ use super::types::{
 };
 use super::{
     BrokerConfig, ConfigPath, McpConfig, OnShutdown, RestartSettings, RunnerConfig,
-    SecurityLimitsConfig, ServerConfig, TuiConfig,
+    SecurityLimitsConfig, ServerConfig, TlsConfig, TuiConfig,
 };
 use crate::drivers::{DriverFactory, DriverSettings, Range};
 
@@ -134,8 +135,31 @@ pub fn parse(
     text: &str,
     factory: &DriverFactory,
 ) -> Result<ServerConfig, ConfigFileError> {
-    let file: FileConfig = from_value(path, parse_json5_value(path, text)?, "")?;
+    let value = parse_json5_value(path, text)?;
+    if let Some(key) = first_null(&value, "") {
+        return Err(invalid(
+            path,
+            key,
+            "must not be null, NaN or Infinity (leave the key out for its default)",
+        ));
+    }
+    let mut file: FileConfig = from_value(path, value, "")?;
 
+    if let Some(tls) = &mut file.broker.tls {
+        let folder = path.parent().unwrap_or(Path::new(""));
+        for file_path in [
+            Some(&mut tls.ca_file),
+            tls.client_cert_file.as_mut(),
+            tls.client_key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file_path.is_relative() {
+                *file_path = folder.join(&*file_path);
+            }
+        }
+    }
     check_broker(path, &file.broker)?;
     if file.tui.power_toggle_key.chars().count() != 1 {
         return Err(invalid(
@@ -165,6 +189,29 @@ pub fn parse(
     })
 }
 
+/// The key path of the first `null` in `value`. The JSON5 reader turns NaN
+/// and Infinity into null (JSON has no such numbers), and an optional key
+/// set to null would silently read as left out (a security limit as "no
+/// limit"), so no key of the config may be null.
+fn first_null(value: &Value, at: &str) -> Option<String> {
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match value {
+        Value::Null => Some(if at.is_empty() { ".".into() } else { at.into() }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| first_null(v, &join(k))),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_null(v, &format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
 fn check_broker(path: &Path, broker: &BrokerConfig) -> Result<(), ConfigFileError> {
     if broker.use_builtin
         && broker.tcp.addr != "localhost"
@@ -192,7 +239,67 @@ fn check_broker(path: &Path, broker: &BrokerConfig) -> Result<(), ConfigFileErro
     if let Some(namespace) = &broker.namespace {
         check_namespace(namespace).map_err(|m| invalid(path, "broker.namespace", m))?;
     }
+    if let Some(tls) = &broker.tls {
+        check_tls(path, broker, tls)?;
+    }
     Ok(())
+}
+
+/// TLS is for an external broker; its files must be readable PEM, and a
+/// client certificate comes with its key.
+fn check_tls(path: &Path, broker: &BrokerConfig, tls: &TlsConfig) -> Result<(), ConfigFileError> {
+    if broker.use_builtin {
+        return Err(invalid(
+            path,
+            "broker.tls",
+            "TLS is for an external broker (use_builtin: false); the embedded broker speaks plain TCP",
+        ));
+    }
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                path,
+                "broker.tls.client_cert_file",
+                "is set without broker.tls.client_key_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                path,
+                "broker.tls.client_key_file",
+                "is set without broker.tls.client_cert_file",
+            ))
+        }
+        _ => {}
+    }
+    let key_of = |file: &Path| {
+        if Some(file) == tls.client_key_file.as_deref() {
+            "broker.tls.client_key_file"
+        } else if Some(file) == tls.client_cert_file.as_deref() {
+            "broker.tls.client_cert_file"
+        } else {
+            "broker.tls.ca_file"
+        }
+    };
+    match ClientTls::load(&tls.files()) {
+        Ok(_) => Ok(()),
+        Err(TlsError::Read { path: file, source }) => Err(invalid(
+            path,
+            key_of(&file),
+            format!("cannot read {}: {source}", file.display()),
+        )),
+        Err(TlsError::Pem { path: file, what }) => Err(invalid(
+            path,
+            key_of(&file),
+            format!("{}: {what}", file.display()),
+        )),
+        Err(TlsError::Rejected { path: file, source }) => Err(invalid(
+            path,
+            key_of(&file),
+            format!("{}: rejected: {source}", file.display()),
+        )),
+        Err(e @ TlsError::Unpaired) => Err(invalid(path, "broker.tls", e.to_string())),
+    }
 }
 
 /// A namespace is one or more topic levels of `[A-Za-z0-9_-]`, joined by `/`.

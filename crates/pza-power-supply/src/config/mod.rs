@@ -12,5 +12,5 @@ pub use paths::{home_dir, resolve_config_path, ConfigPath, CONFIG_ENV, DEFAULT_F
 pub use restart::{RestartPolicy, RestartSettings};
 pub use types::{
     BrokerConfig, McpConfig, OnShutdown, RunnerConfig, SecurityLimitsConfig, ServerConfig,
-    TcpConfig, TuiConfig,
+    TcpConfig, TlsConfig, TuiConfig,
 };

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use pza_toolkit::mqtt::TlsFiles;
 use serde::Deserialize;
 
 use super::RestartSettings;
@@ -38,6 +39,32 @@ pub struct BrokerConfig {
     pub password: Option<String>,
     /// Topic prefix, for several servers on one broker.
     pub namespace: Option<String>,
+    /// TLS to an external broker; `None` is plain TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS to an external broker, as PEM files. Relative paths are taken from
+/// the folder of the config file (resolved when the file is loaded).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA certificate(s) the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// A client certificate, for brokers that require one; goes with
+    /// `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files, as the MQTT client options take them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -48,6 +75,7 @@ impl Default for BrokerConfig {
             username: None,
             password: None,
             namespace: None,
+            tls: None,
         }
     }
 }

@@ -70,6 +70,18 @@ impl Topics {
         format!("{}/restart/cmd", self.prefix)
     }
 
+    /// The filter of every command topic of this runner, `P/+/cmd`: the
+    /// runner receives commands for attributes it does not know too, to log
+    /// and ignore them.
+    pub fn command_filter(&self) -> String {
+        format!("{}/+/cmd", self.prefix)
+    }
+
+    /// `P/owner`: which server instance serves this runner (retained).
+    pub fn owner(&self) -> String {
+        format!("{}/owner", self.prefix)
+    }
+
     /// The attribute whose command topic `topic` is, if it is one of this runner's.
     pub fn command_attribute(&self, topic: &str) -> Option<Attribute> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;

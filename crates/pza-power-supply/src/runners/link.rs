@@ -5,13 +5,24 @@
 //! `LinkEvent::Connected`. Reconnection delays back off from
 //! `RECONNECT_FIRST` to `RECONNECT_MAX`, each shortened by a random fraction
 //! of up to a half, so that many runners do not reconnect in lockstep.
+//!
+//! While the broker is out of reach, rumqttc keeps requests in its channel
+//! until it reconnects, and a full channel would block the publisher (a
+//! runner in the middle of a command, unable to see its stop token). So a
+//! publish made while disconnected never waits: at most `OFFLINE_QUEUE_MAX`
+//! of them are queued, to go out after the reconnection, and the rest are
+//! dropped. Nothing that matters is lost by that: the sessions are clean (the
+//! broker forgets subscriptions and queued messages anyway), and the owner of
+//! the link republishes its retained state when it sees
+//! `Connected { first: false }`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -22,11 +33,19 @@ const REQUEST_CAPACITY: usize = 1024;
 /// Capacity of the channel of received messages.
 const EVENT_CAPACITY: usize = 1024;
 
+/// Most publishes queued while disconnected; well below `REQUEST_CAPACITY`,
+/// so that the subscription made at reconnection always finds room.
+const OFFLINE_QUEUE_MAX: usize = 256;
+
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Fraction of a reconnection delay that jitter may take off.
 const RECONNECT_JITTER: f64 = 0.5;
+
+/// During a long outage, one warning every this many failed attempts (the
+/// others are logged at debug level).
+const WARN_EVERY_FAILURES: u32 = 60;
 
 /// What the link reports to its owner.
 #[derive(Debug)]
@@ -38,19 +57,49 @@ pub enum LinkEvent {
     Message(Publish),
 }
 
-/// Counts of QoS 1 publishes sent and acknowledged, to wait for delivery.
+/// State shared by the link and its pump.
 #[derive(Default)]
-struct Acks {
+struct Shared {
+    /// QoS 1 publishes queued, and those acknowledged or given up for lost.
+    /// `acked <= sent` always.
     sent: AtomicU64,
     acked: AtomicU64,
+    /// Wakes `flush` when `acked` moves or the connection drops.
     changed: Notify,
+    /// Between a CONNACK and the next connection error.
+    connected: AtomicBool,
+    /// Publishes queued since the connection dropped.
+    offline_queued: AtomicUsize,
+}
+
+impl Shared {
+    /// One more publish acknowledged (or lost), never counting past `sent`.
+    fn ack(&self) {
+        let sent = self.sent.load(Ordering::SeqCst);
+        let _ = self
+            .acked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                Some((a + 1).min(sent))
+            });
+        self.changed.notify_waiters();
+    }
+
+    /// The connection dropped: with a clean session, every publish queued or
+    /// in flight until now is gone (rumqttc clears them at reconnection).
+    fn disconnected(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+        self.offline_queued.store(0, Ordering::SeqCst);
+        self.acked
+            .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
 }
 
 /// An MQTT connection owned by one runner or by the supervisor.
 pub struct MqttLink {
     client: AsyncClient,
     events: mpsc::Receiver<LinkEvent>,
-    acks: Arc<Acks>,
+    shared: Arc<Shared>,
     pump: AbortOnDrop,
 }
 
@@ -70,66 +119,107 @@ impl MqttLink {
     pub fn open(options: MqttOptions, subscriptions: Vec<String>) -> MqttLink {
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let (events_tx, events) = mpsc::channel(EVENT_CAPACITY);
-        let acks = Arc::new(Acks::default());
+        let shared = Arc::new(Shared::default());
         let pump = tokio::spawn(pump(
             eventloop,
             client.clone(),
             subscriptions,
             events_tx,
-            acks.clone(),
+            shared.clone(),
         ));
         MqttLink {
             client,
             events,
-            acks,
+            shared,
             pump: AbortOnDrop(pump),
         }
     }
 
     /// The next event; `None` once the connection is closed for good.
+    /// The next event already received, without waiting.
+    pub fn try_recv(&mut self) -> Option<LinkEvent> {
+        self.events.try_recv().ok()
+    }
+
     pub async fn recv(&mut self) -> Option<LinkEvent> {
         self.events.recv().await
     }
 
-    /// Publishes at QoS 1. Waits while the request channel is full.
+    /// Whether the link is connected to the broker now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    /// Publishes at QoS 1. While connected, waits while the request channel
+    /// is full (back-pressure); while disconnected, never waits (see the
+    /// module doc).
     pub async fn publish(
         &self,
         topic: String,
         retain: bool,
         payload: Vec<u8>,
     ) -> anyhow::Result<()> {
-        self.acks.sent.fetch_add(1, Ordering::SeqCst);
-        self.client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-            .map_err(|e| anyhow::anyhow!("MQTT client closed: {e}"))
+        if self.is_connected() {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| anyhow::anyhow!("MQTT client closed: {e}"))?;
+            self.shared.sent.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        if self.shared.offline_queued.fetch_add(1, Ordering::SeqCst) >= OFFLINE_QUEUE_MAX {
+            tracing::debug!(%topic, "MQTT broker out of reach: message dropped");
+            return Ok(());
+        }
+        match self
+            .client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                self.shared.sent.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every publish made so far was acknowledged by the broker,
-    /// for at most `timeout`. Returns whether they all were.
+    /// for at most `timeout`. Returns whether they all were; returns `false`
+    /// at once while disconnected, as nothing can be acknowledged then.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let all_acked = async {
             loop {
-                let notified = self.acks.changed.notified();
-                if self.acks.acked.load(Ordering::SeqCst) >= self.acks.sent.load(Ordering::SeqCst) {
-                    return;
+                let notified = self.shared.changed.notified();
+                if !self.is_connected() {
+                    return false;
+                }
+                if self.shared.acked.load(Ordering::SeqCst)
+                    >= self.shared.sent.load(Ordering::SeqCst)
+                {
+                    return true;
                 }
                 notified.await;
             }
         };
-        tokio::time::timeout(timeout, all_acked).await.is_ok()
+        tokio::time::timeout(timeout, all_acked)
+            .await
+            .unwrap_or(false)
     }
 
-    /// Flushes, then disconnects, each step for at most `timeout`.
+    /// Flushes, then disconnects, each step for at most `timeout`. While
+    /// disconnected, the connection is simply dropped.
     pub async fn close(self, timeout: Duration) {
         self.flush(timeout).await;
+        let connected = self.is_connected();
         let MqttLink {
             client,
             mut events,
             pump,
             ..
         } = self;
-        if client.try_disconnect().is_ok() {
+        if connected && client.try_disconnect().is_ok() {
             // The pump ends once the DISCONNECT packet is written.
             let _ = tokio::time::timeout(timeout, async { while events.recv().await.is_some() {} })
                 .await;
@@ -143,15 +233,23 @@ async fn pump(
     client: AsyncClient,
     subscriptions: Vec<String>,
     events: mpsc::Sender<LinkEvent>,
-    acks: Arc<Acks>,
+    shared: Arc<Shared>,
 ) {
     let client_id = eventloop.mqtt_options.client_id();
+    let (host, port) = eventloop.mqtt_options.broker_address();
     let mut connections = 0u64;
     let mut failures = 0u32;
+    let mut ever_connected = false;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if failures > 0 {
+                    tracing::info!(%client_id, "MQTT connection back");
+                }
                 failures = 0;
+                ever_connected = true;
+                shared.connected.store(true, Ordering::SeqCst);
+                shared.offline_queued.store(0, Ordering::SeqCst);
                 if subscriptions.is_empty() {
                     connections += 1;
                     if events
@@ -164,15 +262,17 @@ async fn pump(
                         return;
                     }
                 } else {
-                    let filters = subscriptions
-                        .iter()
-                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::error!(%client_id, error = %e, "cannot subscribe");
-                    }
+                    subscribe(&client, &subscriptions, &client_id);
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(%client_id, filters = ?subscriptions, "the MQTT broker refused a subscription (check its access control list)");
+                }
                 connections += 1;
                 if events
                     .send(LinkEvent::Connected {
@@ -189,17 +289,17 @@ async fn pump(
                     return;
                 }
             }
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acks.acked.fetch_add(1, Ordering::SeqCst);
-                acks.changed.notify_waiters();
-            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => shared.ack(),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
+                shared.disconnected();
                 failures = failures.saturating_add(1);
                 let delay = reconnect_delay(failures, rand::random::<f64>());
-                if failures == 1 {
+                if failures == 1 && ever_connected {
                     tracing::warn!(%client_id, error = %e, "MQTT connection lost; reconnecting");
+                } else if failures == 1 || failures % WARN_EVERY_FAILURES == 0 {
+                    tracing::warn!(%client_id, broker = %format!("{host}:{port}"), error = %e, attempts = failures, "cannot connect to the MQTT broker; retrying");
                 } else {
                     tracing::debug!(%client_id, error = %e, ?delay, "MQTT reconnection failed");
                 }
@@ -209,7 +309,32 @@ async fn pump(
     }
 }
 
-/// The pause after the `failures`-th consecutive connection failure.
+/// Queues the subscription of every filter. The request channel has room
+/// for it (see `OFFLINE_QUEUE_MAX`); if it is full all the same, the request
+/// waits for room in a task of its own, as the pump must go on polling to
+/// make that room.
+fn subscribe(client: &AsyncClient, subscriptions: &[String], client_id: &str) {
+    let filters = || {
+        subscriptions
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+            .collect::<Vec<_>>()
+    };
+    if client.try_subscribe_many(filters()).is_err() {
+        let client = client.clone();
+        let filters = filters();
+        let client_id = client_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::error!(%client_id, error = %e, "cannot subscribe");
+            }
+        });
+    }
+}
+
+/// The pause after the `failures`-th consecutive connection failure:
+/// `RECONNECT_FIRST * 2^(failures-1)`, at most `RECONNECT_MAX`, shortened by
+/// `RECONNECT_JITTER * random`, where `random` lies in `[0, 1)`.
 fn reconnect_delay(failures: u32, random: f64) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     let base = RECONNECT_FIRST
@@ -223,10 +348,84 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnect_delays_back_off_with_jitter() {
-        assert_eq!(reconnect_delay(1, 0.0), RECONNECT_FIRST);
-        assert_eq!(reconnect_delay(2, 0.0), RECONNECT_FIRST * 2);
-        assert_eq!(reconnect_delay(30, 0.0), RECONNECT_MAX);
-        assert_eq!(reconnect_delay(1, 1.0), RECONNECT_FIRST / 2);
+    fn reconnect_delays_back_off_then_cap() {
+        let bases: Vec<Duration> = (1..=8).map(|n| reconnect_delay(n, 0.0)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            bases,
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(5000),
+                ms(5000)
+            ]
+        );
+        assert_eq!(reconnect_delay(u32::MAX, 0.0), RECONNECT_MAX);
+        assert_eq!(reconnect_delay(0, 0.0), RECONNECT_FIRST);
+    }
+
+    #[test]
+    fn jitter_only_shortens_by_at_most_half() {
+        for failures in 1..=10 {
+            let base = reconnect_delay(failures, 0.0);
+            assert_eq!(reconnect_delay(failures, 1.0), base / 2);
+            for i in 0..100 {
+                let d = reconnect_delay(failures, f64::from(i) / 100.0);
+                assert!(d <= base && d >= base / 2, "{failures}: {d:?}");
+            }
+        }
+        // Out-of-range draws are clamped.
+        assert_eq!(reconnect_delay(1, -3.0), RECONNECT_FIRST);
+        assert_eq!(reconnect_delay(1, 7.0), RECONNECT_FIRST / 2);
+    }
+
+    /// 100 runners that lose the broker at the same moment draw their own
+    /// delays: they spread over the jitter window instead of reconnecting
+    /// all at once, at every step of the back-off.
+    #[test]
+    fn a_hundred_runners_do_not_reconnect_in_lockstep() {
+        for failures in [1, 3, 10] {
+            let base = reconnect_delay(failures, 0.0);
+            let mut delays: Vec<Duration> = (0..100)
+                .map(|_| reconnect_delay(failures, rand::random::<f64>()))
+                .collect();
+            delays.sort();
+            delays.dedup();
+            assert!(delays.len() >= 95, "{} distinct delays", delays.len());
+            let spread = delays[delays.len() - 1] - delays[0];
+            // 100 uniform draws all within a quarter of the window: odds
+            // below 1e-28.
+            assert!(
+                spread >= base.mul_f64(RECONNECT_JITTER / 2.0),
+                "spread {spread:?} of base {base:?}"
+            );
+            // About 5 of the 100 fall in any 5% slice of the window; 25 or
+            // more in one slice has odds below 1e-8.
+            let slice = base.mul_f64(RECONNECT_JITTER * 0.05);
+            for (i, start) in delays.iter().enumerate() {
+                let within = delays[i..]
+                    .iter()
+                    .take_while(|d| **d - *start <= slice)
+                    .count();
+                assert!(within < 25, "{within} delays within {slice:?} of {start:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn lost_publishes_do_not_hold_up_flush_accounting() {
+        let shared = Shared::default();
+        shared.sent.store(5, Ordering::SeqCst);
+        shared.ack();
+        assert_eq!(shared.acked.load(Ordering::SeqCst), 1);
+        shared.disconnected();
+        assert_eq!(shared.acked.load(Ordering::SeqCst), 5);
+        // A late acknowledgement never counts past what was sent.
+        shared.ack();
+        assert_eq!(shared.acked.load(Ordering::SeqCst), 5);
     }
 }

@@ -115,19 +115,23 @@ async fn run(
     driver: Box<dyn PowerSupplyDriver>,
     control: RunnerControl,
 ) -> anyhow::Result<()> {
-    let mut subscriptions: Vec<String> = Attribute::ALL
-        .iter()
-        .map(|a| settings.topics.command(*a))
-        .collect();
-    subscriptions.shrink_to_fit();
     let link = MqttLink::open(
         client_options(&settings.client_id, &settings.endpoint, None),
-        subscriptions,
+        vec![settings.topics.command_filter()],
     );
     let mut driver = driver;
     let mut session = Session { settings, link };
 
-    let outcome = match session.serve(&mut driver, &control).await {
+    let served = session.serve(&mut driver, &control).await;
+    let reason = match &served {
+        Ok(()) if control.shutdown.is_cancelled() => "not applied: the server is shutting down",
+        Err(e) if closed_by_device(e) => "not applied: the device ended the session",
+        _ => "not applied: the runner is restarting",
+    };
+    if let Err(e) = session.refuse_pending(reason).await {
+        tracing::warn!(runner = %session.settings.name, error = %e, "cannot answer the pending commands");
+    }
+    let outcome = match served {
         Ok(()) => session.stop(&mut driver, &control).await,
         Err(e) if closed_by_device(&e) => {
             tracing::info!(runner = %session.settings.name, cause = %e, "the device ended the session");
@@ -208,6 +212,26 @@ impl Session {
             generation: control.generation,
         });
         tracing::info!(runner = %self.settings.name, "running");
+        Ok(())
+    }
+
+    /// Answers the commands received but not served when the runner is
+    /// stopped, so that each gets its one answer: an error saying it was
+    /// not applied.
+    async fn refuse_pending(&mut self, reason: &str) -> anyhow::Result<()> {
+        while let Some(event) = self.link.try_recv() {
+            let LinkEvent::Message(publish) = event else {
+                continue;
+            };
+            let Some(attribute) = self.settings.topics.command_attribute(&publish.topic) else {
+                continue;
+            };
+            let pza_id = match parse_command(attribute, &publish.payload) {
+                Ok(command) => command.pza_id,
+                Err(rejection) => rejection.pza_id,
+            };
+            self.publish_error(pza_id.as_deref(), reason).await?;
+        }
         Ok(())
     }
 
@@ -293,7 +317,10 @@ impl Session {
 
     async fn handle(&mut self, driver: &mut Driver, publish: Publish) -> anyhow::Result<()> {
         let Some(attribute) = self.settings.topics.command_attribute(&publish.topic) else {
-            tracing::warn!(runner = %self.settings.name, topic = %publish.topic, "ignoring a message on an unknown topic");
+            // The restart command is the supervisor's.
+            if publish.topic != self.settings.topics.restart_command() {
+                tracing::warn!(runner = %self.settings.name, topic = %publish.topic, "ignoring a command for an unknown attribute");
+            }
             return Ok(());
         };
         let command = match parse_command(attribute, &publish.payload) {

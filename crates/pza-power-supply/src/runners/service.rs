@@ -11,13 +11,30 @@
 //! The supervisor publishes every runner's `P/status` on its own MQTT
 //! connection, so one connection orders each runner's status messages and
 //! `Stopped` is the last of them.
+//!
+//! Before it starts a runner, the supervisor claims it on the broker (see
+//! [`crate::protocol::ownership`]), so that two servers configured with the
+//! same namespace and runner name do not fight over its topics: once
+//! connected, it publishes its liveness record and waits for it to come
+//! back (by then the broker has delivered every retained record), then
+//! claims each runner that no other online instance holds, and starts it
+//! when its claim comes back. A runner held by another online instance is
+//! not started: the conflict is logged and reported on `P/error`, naming
+//! that instance, and nothing is published on its `P/status` (that topic is
+//! the owner's). If the owner releases the runner (clean shutdown) or
+//! vanishes (its liveness record is deleted by its last will), the runner
+//! is claimed and started here.
+//!
+//! A broker outage is not a crash: the runners keep running, their links
+//! reconnect on their own, and after the supervisor reconnects it publishes
+//! its liveness record, every status and every claim again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use pza_toolkit::mqtt::{client_options, BrokerEndpoint};
+use pza_toolkit::mqtt::{client_options, BrokerEndpoint, ClientTls};
 use pza_toolkit::task_monitor::{Event, TaskHandleSender, TaskMonitor};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
@@ -30,6 +47,9 @@ use super::runner::{Runner, RunnerControl, RunnerReport, RunnerSettings};
 use super::SecurityLimits;
 use crate::config::{RestartPolicy, ServerConfig};
 use crate::drivers::{DriverFactory, DriverSettings, PowerSupplyDriver};
+use crate::protocol::ownership::{
+    owner_runner, server_instance, server_topic, servers_filter, OwnerRecord, ServerRecord,
+};
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::{restart_command_filter, restart_command_runner};
 use crate::protocol::{Status, StatusReport, Topics};
@@ -65,16 +85,20 @@ impl RunnersService {
         shutdown: CancellationToken,
     ) -> anyhow::Result<(RunnersService, JoinHandle<anyhow::Result<()>>)> {
         let instance = format!("pza-ps-{:08x}", rand::random::<u32>());
+        let tls = match &server_config.broker.tls {
+            Some(tls) => Some(ClientTls::load(&tls.files()).context("broker.tls")?),
+            None => None,
+        };
         let endpoint = BrokerEndpoint {
             host: server_config.broker.tcp.addr.clone(),
             port: server_config.broker.tcp.port,
             username: server_config.broker.username.clone(),
             password: server_config.broker.password.clone(),
+            tls,
         };
         let namespace = server_config.broker.namespace.clone();
 
         let mut slots = BTreeMap::new();
-        let mut first_drivers = Vec::new();
         {
             let factory = drivers_factory.lock().await;
             for (name, runner) in &server_config.runners {
@@ -101,7 +125,6 @@ impl RunnersService {
                             manifest.model
                         )
                     })?;
-                first_drivers.push((name.clone(), driver));
                 let settings = RunnerSettings {
                     name: name.clone(),
                     client_id: String::new(),
@@ -129,6 +152,8 @@ impl RunnersService {
                         restart_requested: false,
                         last_cause: None,
                         last_status: None,
+                        first_driver: std::sync::Mutex::new(Some(driver)),
+                        ownership: Ownership::Unclaimed,
                     },
                 );
             }
@@ -138,13 +163,36 @@ impl RunnersService {
         let handles = monitor.handle_sender();
         let monitor = Arc::new(Mutex::new(Some(monitor)));
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        let me = ServerRecord {
+            instance: instance.clone(),
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "?".into()),
+            pid: std::process::id(),
+        };
+        let liveness_topic = server_topic(namespace.as_deref(), &instance);
+        let mut subscriptions = vec![
+            restart_command_filter(namespace.as_deref()),
+            servers_filter(namespace.as_deref()),
+        ];
+        subscriptions.extend(slots.values().map(|s: &Slot| s.settings.topics.owner()));
+        // The last will deletes the liveness record if this server vanishes.
         let link = MqttLink::open(
-            client_options(&format!("{instance}-supervisor"), &endpoint, None),
-            vec![restart_command_filter(namespace.as_deref())],
+            client_options(
+                &format!("{instance}-supervisor"),
+                &endpoint,
+                Some((liveness_topic.clone(), Vec::new())),
+            ),
+            subscriptions,
         );
 
-        let mut supervisor = Supervisor {
+        let supervisor = Supervisor {
             instance,
+            me,
+            liveness_topic,
+            synced: false,
+            online: BTreeMap::new(),
+            owners: BTreeMap::new(),
             namespace,
             slots,
             factory: drivers_factory,
@@ -157,9 +205,6 @@ impl RunnersService {
             shutdown: shutdown.clone(),
             shutdown_timeout: Duration::from_millis(server_config.shutdown_timeout_ms),
         };
-        for (name, driver) in first_drivers {
-            supervisor.launch(&name, driver, false).await?;
-        }
         let handle = tokio::spawn(supervisor.run());
         Ok((RunnersService { monitor, shutdown }, handle))
     }
@@ -206,6 +251,34 @@ struct Slot {
     last_cause: Option<String>,
     /// Republished after the supervisor reconnects to the broker.
     last_status: Option<StatusReport>,
+    /// The driver built at start-up, used by the first start. In a mutex
+    /// only to make the slot `Sync` (drivers need not be), so that the
+    /// supervisor can hold `&self` across awaits.
+    first_driver: std::sync::Mutex<Option<Box<dyn PowerSupplyDriver>>>,
+    /// Whether this server serves the runner (see the module doc).
+    ownership: Ownership,
+}
+
+/// Whether this server instance serves a runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ownership {
+    /// Not claimed yet: waiting for the broker's retained records.
+    Unclaimed,
+    /// Claim published; the runner starts when it comes back.
+    Pending(OwnerRecord),
+    /// This server serves the runner.
+    Owned(OwnerRecord),
+    /// Another online instance serves it; this one leaves it alone.
+    Conflict { owner: String },
+}
+
+impl Ownership {
+    fn mine(&self) -> Option<&OwnerRecord> {
+        match self {
+            Ownership::Pending(claim) | Ownership::Owned(claim) => Some(claim),
+            _ => None,
+        }
+    }
 }
 
 /// How a runner task ended.
@@ -216,6 +289,16 @@ enum Ending {
 
 struct Supervisor {
     instance: String,
+    /// This instance, as its liveness record tells it.
+    me: ServerRecord,
+    liveness_topic: String,
+    /// This connection's liveness record came back: every retained record
+    /// was delivered before it.
+    synced: bool,
+    /// Other instances online on this broker and namespace.
+    online: BTreeMap<String, ServerRecord>,
+    /// The last claim of another instance seen on each runner's owner topic.
+    owners: BTreeMap<String, OwnerRecord>,
     namespace: Option<String>,
     slots: BTreeMap<String, Slot>,
     factory: Arc<Mutex<DriverFactory>>,
@@ -252,10 +335,14 @@ impl Supervisor {
         self.stop_all().await
     }
 
+    /// Publishes a runner's status, only while this server serves it.
     async fn publish_status(&mut self, name: &str, report: StatusReport) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
+        if !matches!(slot.ownership, Ownership::Owned(_)) {
+            return;
+        }
         let topic = slot.settings.topics.status();
         slot.last_status = Some(report.clone());
         if let Err(e) = self.link.publish(topic, true, report.to_payload()).await {
@@ -358,6 +445,11 @@ impl Supervisor {
         };
         slot.stop = None;
         let restart_requested = std::mem::take(&mut slot.restart_requested);
+        if !matches!(slot.ownership, Ownership::Owned(_)) {
+            tracing::info!(runner = %name, "runner stopped: another server instance serves it");
+            slot.state = SlotState::Stopped;
+            return;
+        }
         match ending {
             _ if restart_requested => {
                 tracing::info!(runner = %name, "restarting on request");
@@ -435,27 +527,285 @@ impl Supervisor {
 
     async fn on_link_event(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Connected { first: true } => {}
-            LinkEvent::Connected { first: false } => {
-                // The broker may have lost its retained messages: say again
-                // where every runner stands.
-                let statuses: Vec<(String, StatusReport)> = self
-                    .slots
-                    .iter()
-                    .filter_map(|(name, s)| s.last_status.clone().map(|r| (name.clone(), r)))
-                    .collect();
-                for (name, report) in statuses {
-                    self.publish_status(&name, report).await;
+            LinkEvent::Connected { first } => {
+                // Every retained record is delivered before this one comes
+                // back: claims wait for it.
+                self.synced = false;
+                let runners: Vec<&str> = self.slots.keys().map(String::as_str).collect();
+                let record = self.me.to_payload(&runners);
+                let topic = self.liveness_topic.clone();
+                if let Err(e) = self.link.publish(topic, true, record).await {
+                    tracing::error!(error = %e, "cannot publish the liveness record");
+                }
+                if !first {
+                    // The broker may have lost its retained messages: say
+                    // again where every runner stands.
+                    let statuses: Vec<(String, StatusReport)> = self
+                        .slots
+                        .iter()
+                        .filter_map(|(name, s)| s.last_status.clone().map(|r| (name.clone(), r)))
+                        .collect();
+                    for (name, report) in statuses {
+                        self.publish_status(&name, report).await;
+                    }
                 }
             }
             LinkEvent::Message(publish) => {
-                let Some(name) = restart_command_runner(self.namespace.as_deref(), &publish.topic)
-                    .map(str::to_string)
-                else {
+                let namespace = self.namespace.as_deref();
+                if let Some(name) = restart_command_runner(namespace, &publish.topic) {
+                    let name = name.to_string();
+                    self.on_restart_command(&name, &publish.payload).await;
+                } else if let Some(runner) = owner_runner(namespace, &publish.topic) {
+                    let runner = runner.to_string();
+                    self.on_owner_record(&runner, &publish.payload).await;
+                } else if let Some(instance) = server_instance(namespace, &publish.topic) {
+                    let instance = instance.to_string();
+                    self.on_server_record(&instance, &publish.payload).await;
+                } else {
                     tracing::warn!(topic = %publish.topic, "ignoring a message on an unknown topic");
+                }
+            }
+        }
+    }
+
+    /// A liveness record: this instance's own coming back ends the wait for
+    /// the retained records; another's tells whether it is online.
+    async fn on_server_record(&mut self, instance: &str, payload: &[u8]) {
+        let record = ServerRecord::parse(payload);
+        if instance == self.instance {
+            match record {
+                Some(_) if !self.synced => {
+                    self.synced = true;
+                    self.reconcile().await;
+                }
+                Some(_) => {}
+                None => {
+                    // Deleted by someone else: this instance is online.
+                    let runners: Vec<&str> = self.slots.keys().map(String::as_str).collect();
+                    let record = self.me.to_payload(&runners);
+                    let topic = self.liveness_topic.clone();
+                    if let Err(e) = self.link.publish(topic, true, record).await {
+                        tracing::error!(error = %e, "cannot publish the liveness record");
+                    }
+                }
+            }
+            return;
+        }
+        match record {
+            Some(record) => {
+                self.online.insert(instance.to_string(), record);
+            }
+            None => {
+                if self.online.remove(instance).is_some() {
+                    tracing::info!(%instance, "server instance went offline");
+                }
+                if self.synced {
+                    // Runners it held are free now.
+                    self.reconcile().await;
+                }
+            }
+        }
+    }
+
+    /// A record on a runner's owner topic.
+    async fn on_owner_record(&mut self, runner: &str, payload: &[u8]) {
+        if !self.slots.contains_key(runner) {
+            return;
+        }
+        let record = match OwnerRecord::parse(payload) {
+            Ok(record) => record,
+            Err(message) => {
+                tracing::warn!(runner, %message, "ignoring an unreadable owner record");
+                return;
+            }
+        };
+        match record {
+            Some(record) if record.instance == self.instance => {
+                self.owners.remove(runner);
+                let Some(slot) = self.slots.get_mut(runner) else {
                     return;
                 };
-                self.on_restart_command(&name, &publish.payload).await;
+                if slot.ownership == Ownership::Pending(record.clone()) {
+                    slot.ownership = Ownership::Owned(record);
+                    self.start_owned(runner).await;
+                }
+            }
+            Some(record) => {
+                self.owners.insert(runner.to_string(), record);
+                if self.synced {
+                    self.judge(runner).await;
+                }
+            }
+            None => {
+                self.owners.remove(runner);
+                if self.synced {
+                    self.judge(runner).await;
+                }
+            }
+        }
+    }
+
+    /// The claim of another online instance on `runner`, if any.
+    fn rival(&self, runner: &str) -> Option<&OwnerRecord> {
+        self.owners
+            .get(runner)
+            .filter(|r| self.online.contains_key(&r.instance))
+    }
+
+    /// Decides again, from the records seen, what to do with every runner.
+    async fn reconcile(&mut self) {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in names {
+            self.judge(&name).await;
+        }
+    }
+
+    /// Decides, from the records seen, whether this server serves `runner`:
+    /// claims it, keeps it (publishing the claim again), or leaves it to the
+    /// instance whose claim wins.
+    async fn judge(&mut self, runner: &str) {
+        let Some(slot) = self.slots.get(runner) else {
+            return;
+        };
+        let rival = self.rival(runner).cloned();
+        let mine = slot.ownership.mine().cloned();
+        match (&slot.ownership, rival) {
+            (Ownership::Conflict { .. }, None) => {
+                tracing::info!(
+                    runner,
+                    "runner released by the other server instance: claiming it"
+                );
+                self.claim(runner, None).await;
+            }
+            (Ownership::Conflict { owner }, Some(rival)) => {
+                if *owner != rival.instance {
+                    self.conflict(runner, &rival.instance).await;
+                }
+            }
+            (Ownership::Unclaimed, rival) => {
+                let claim = OwnerRecord {
+                    instance: self.instance.clone(),
+                    claimed_at_ms: now_ms(),
+                };
+                match rival {
+                    Some(rival) if rival.wins_over(&claim) => {
+                        self.conflict(runner, &rival.instance).await
+                    }
+                    _ => self.claim(runner, Some(claim)).await,
+                }
+            }
+            (Ownership::Pending(_) | Ownership::Owned(_), rival) => {
+                let mine = mine.unwrap_or_else(|| OwnerRecord {
+                    instance: self.instance.clone(),
+                    claimed_at_ms: now_ms(),
+                });
+                match rival {
+                    Some(rival) if rival.wins_over(&mine) => {
+                        self.conflict(runner, &rival.instance).await
+                    }
+                    Some(rival) => {
+                        tracing::warn!(runner, other = %rival.instance, "another server instance claims this runner too; this one's claim is older and stands");
+                        self.claim(runner, Some(mine)).await;
+                    }
+                    None => self.claim(runner, Some(mine)).await,
+                }
+            }
+        }
+    }
+
+    /// Publishes this instance's claim on `runner` (retained), a new one when
+    /// `claim` is `None`. The runner starts when a new claim comes back.
+    async fn claim(&mut self, runner: &str, claim: Option<OwnerRecord>) {
+        let Some(slot) = self.slots.get_mut(runner) else {
+            return;
+        };
+        let claim = claim.unwrap_or_else(|| OwnerRecord {
+            instance: self.instance.clone(),
+            claimed_at_ms: now_ms(),
+        });
+        if !matches!(slot.ownership, Ownership::Owned(_)) {
+            slot.ownership = Ownership::Pending(claim.clone());
+        }
+        let topic = slot.settings.topics.owner();
+        if let Err(e) = self.link.publish(topic, true, claim.to_payload()).await {
+            tracing::error!(runner, error = %e, "cannot publish the owner record");
+        }
+    }
+
+    /// Leaves `runner` to `owner`: stops it if it runs here, and reports the
+    /// conflict in the log and on `P/error`.
+    async fn conflict(&mut self, runner: &str, owner: &str) {
+        let Some(slot) = self.slots.get_mut(runner) else {
+            return;
+        };
+        let was_owned = matches!(slot.ownership, Ownership::Owned(_));
+        slot.ownership = Ownership::Conflict {
+            owner: owner.to_string(),
+        };
+        if let Some(stop) = &slot.stop {
+            stop.cancel();
+        }
+        if matches!(slot.state, SlotState::Backoff { .. } | SlotState::Failed) {
+            slot.state = SlotState::Stopped;
+        }
+        let other = self
+            .online
+            .get(owner)
+            .map(ServerRecord::describe)
+            .unwrap_or_else(|| format!("instance {owner}"));
+        let message = format!(
+            "conflict: runner '{runner}' is served by another server, {other}, on this broker and namespace; this server ({}) {}",
+            self.me.describe(),
+            if was_owned { "stops serving it" } else { "does not start it" },
+        );
+        tracing::error!(runner, "{message}");
+        let topic = slot.settings.topics.error();
+        if let Err(e) = self
+            .link
+            .publish(topic, false, error_reply(None, &message))
+            .await
+        {
+            tracing::error!(runner, error = %e, "cannot publish an error");
+        }
+    }
+
+    /// Starts a runner this server has just come to own, with the driver
+    /// built at start-up or a fresh one; not counted as a restart.
+    async fn start_owned(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        if slot.stop.is_some() {
+            // The task stopped when the runner was lost has not ended yet:
+            // start again once it has.
+            slot.restart_requested = true;
+            return;
+        }
+        let first = slot
+            .first_driver
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let driver = match first {
+            Some(driver) => Ok(driver),
+            None => self
+                .factory
+                .lock()
+                .await
+                .instantiate(name, &slot.model, &slot.driver_settings),
+        };
+        match driver {
+            Ok(driver) => {
+                if let Err(e) = self.launch(name, driver, false).await {
+                    tracing::error!(runner = name, error = %e, "cannot start the runner");
+                }
+            }
+            Err(e) => {
+                self.on_crash(name, format!("cannot build the driver: {e}"))
+                    .await
             }
         }
     }
@@ -471,6 +821,13 @@ impl Supervisor {
             );
             return;
         };
+        if !matches!(slot.ownership, Ownership::Owned(_)) {
+            tracing::info!(
+                runner = name,
+                "restart command ignored: this server does not serve the runner"
+            );
+            return;
+        }
         let pza_id = match parse_restart(payload) {
             Ok(pza_id) => pza_id,
             Err(rejection) => {
@@ -542,10 +899,31 @@ impl Supervisor {
                 }
             }
         }
+        self.release().await;
         self.link.close(CLOSE_TIMEOUT).await;
         self.monitor.lock().await.take();
         tracing::info!("all runners stopped");
         Ok(())
+    }
+
+    /// Deletes this instance's claims and liveness record, so that another
+    /// server may take its runners over at once.
+    async fn release(&mut self) {
+        let claims: Vec<String> = self
+            .slots
+            .values()
+            .filter(|s| s.ownership.mine().is_some())
+            .map(|s| s.settings.topics.owner())
+            .collect();
+        for topic in claims {
+            if let Err(e) = self.link.publish(topic, true, Vec::new()).await {
+                tracing::error!(error = %e, "cannot release a claim");
+            }
+        }
+        let topic = self.liveness_topic.clone();
+        if let Err(e) = self.link.publish(topic, true, Vec::new()).await {
+            tracing::error!(error = %e, "cannot delete the liveness record");
+        }
     }
 
     async fn stopped(&mut self, name: &str) {
@@ -555,6 +933,14 @@ impl Supervisor {
         let report = self.status(name, Status::Stopped);
         self.publish_status(name, report).await;
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
