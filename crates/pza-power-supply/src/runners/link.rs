@@ -135,12 +135,12 @@ impl MqttLink {
         }
     }
 
-    /// The next event; `None` once the connection is closed for good.
     /// The next event already received, without waiting.
     pub fn try_recv(&mut self) -> Option<LinkEvent> {
         self.events.try_recv().ok()
     }
 
+    /// The next event; `None` once the connection is closed for good.
     pub async fn recv(&mut self) -> Option<LinkEvent> {
         self.events.recv().await
     }
