@@ -11,6 +11,8 @@
 //! - [`runners`]: one runner per supply, the security limits guard, the
 //!   restart policy and the `RunnersService` that supervises them.
 //! - [`server`]: assembles the embedded broker and the runners, and shuts down.
+//! - [`simulator`]: simulated devices on pseudo-terminals (a KD3005P), to run
+//!   and test the whole stack without hardware.
 //! - [`cli`]: the command line.
 
 pub mod cli;
