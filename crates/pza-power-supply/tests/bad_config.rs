@@ -112,6 +112,9 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("restart jitter NaN", "{ restart: { jitter: NaN } }", Key("restart.jitter"), "must not be null, NaN or Infinity"),
         case("null namespace", "{ broker: { namespace: null } }", Key("broker.namespace"), "must not be null"),
         case("runner restart unknown key", &emu("restart: { retries: 2 }"), Key("runners.psu.restart.retries"), "unknown field `retries`"),
+        case("kd3005p limit beyond the device", r#"{ runners: { k: { model: "kd3005p", serial_port: { name: "/dev/ttyACM0" }, security_max_current: 6 } } }"#, Key("runners.k.security_max_current"), "6 A is outside the kd3005p range 0..5 A"),
+        case("kd3005p without a port", r#"{ runners: { k: { model: "ka3005p" } } }"#, Key("runners.k"), "missing field `serial_port`"),
+        case("kd3005p key on the emulator", &emu("serial_port: { name: \"/dev/ttyACM0\" }"), Key("runners.psu.serial_port"), "unknown key for model emulator"),
     ]
 }
 

@@ -376,9 +376,15 @@ fn check_runner(
             ));
         }
     }
-    model
-        .check_settings(&driver_settings)
-        .map_err(|e| invalid(path, key(&e.key), e.message))?;
+    model.check_settings(&driver_settings).map_err(|e| {
+        // "." is the runner entry itself (a missing model-specific key).
+        let at = if e.key == "." {
+            format!("runners.{name}")
+        } else {
+            key(&e.key)
+        };
+        invalid(path, at, e.message)
+    })?;
 
     let limits = SecurityLimitsConfig {
         min_voltage: runner.security_min_voltage,
