@@ -221,7 +221,7 @@ fn markdown_facts(facts: &str) -> String {
     let mut lines = facts.lines();
     let title = lines.next().unwrap_or_default();
     let rest: Vec<&str> = lines.collect();
-    format!("{title}\n\n{}\n", rest.join("\n"))
+    format!("**{title}**\n\n{}\n", rest.join("\n"))
 }
 
 /// `/proc/loadavg`'s three averages.

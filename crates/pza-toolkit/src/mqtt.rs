@@ -113,6 +113,16 @@ impl EmbeddedBroker {
         let mut pause = READY_PROBE_FIRST;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                #[cfg(target_os = "linux")]
+                match tune_listener(addr) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%addr, "the broker's listening socket was not found: not tuned")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot tune the broker's listening socket")
+                    }
+                }
                 tracing::info!(%addr, "embedded MQTT broker accepts connections");
                 return Ok(EmbeddedBroker { addr, listener });
             }
@@ -202,6 +212,60 @@ impl EmbeddedBroker {
         let _ = self.listener.await;
         tracing::info!(addr = %self.addr, "embedded MQTT broker stopped");
     }
+}
+
+/// Backlog of the embedded broker's listening socket. rumqttd binds through
+/// tokio, which listens with 128: a thousand runners connecting at once then
+/// overflow it, and the dropped SYNs are retried after 1 s, then 3 s.
+#[cfg(target_os = "linux")]
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Tunes the listening socket that rumqttd bound on `addr`, which it does not
+/// expose, found among this process's descriptors:
+/// - `TCP_NODELAY`, which Linux hands down to every socket it accepts, so
+///   that a message written right after another (a reply after the PUBACK
+///   of the command) is not held back by Nagle's algorithm until the
+///   client's delayed ACK, 40 ms later;
+/// - a larger backlog: `listen` again on a listening socket changes it.
+///
+/// Returns whether the socket was found.
+#[cfg(target_os = "linux")]
+fn tune_listener(addr: SocketAddr) -> std::io::Result<bool> {
+    use nix::sys::socket::{
+        getsockname, getsockopt, listen, setsockopt, sockopt, Backlog, SockaddrStorage,
+    };
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(raw) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: the descriptor is only used for the system calls below. If
+        // it was closed meanwhile they fail (EBADF); if its number was reused,
+        // the checks reject it unless it is the listener on `addr`.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        if !getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
+            continue;
+        }
+        let Ok(local) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
+            continue;
+        };
+        let local = match (local.as_sockaddr_in(), local.as_sockaddr_in6()) {
+            (Some(v4), _) => SocketAddr::from(std::net::SocketAddrV4::from(*v4)),
+            (None, Some(v6)) => SocketAddr::from(std::net::SocketAddrV6::from(*v6)),
+            _ => continue,
+        };
+        if local != addr {
+            continue;
+        }
+        setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+        listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Where and how a client connects to a broker.

@@ -117,7 +117,10 @@ impl MqttLink {
     /// Starts connecting with `options`; `subscriptions` are (re)made at QoS 1
     /// after every connection.
     pub fn open(options: MqttOptions, subscriptions: Vec<String>) -> MqttLink {
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (events_tx, events) = mpsc::channel(EVENT_CAPACITY);
         let shared = Arc::new(Shared::default());
         let pump = tokio::spawn(pump(

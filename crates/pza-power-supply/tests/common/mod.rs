@@ -139,6 +139,11 @@ impl Client {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        // Without it, a message written right after another waits for the
+        // broker's delayed ACK (40 ms): tests would crawl.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (subacks_tx, subacks) = mpsc::unbounded_channel();
         let (connected_tx, connected) = tokio::sync::oneshot::channel();

@@ -1,0 +1,362 @@
+//! Child processes of the harness (the server binary, mosquitto), the
+//! temporary directory their files live in, and what `/proc` says of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+
+/// Pause between two looks at a child that is expected to exit.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// Longest wait for `cargo build` of the server binary (it only links the
+/// binary when the harness itself was just built).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A directory under the system's temporary directory, removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> anyhow::Result<TempDir> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let path = std::env::temp_dir().join(format!(
+            "pza-bench-{label}-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process, killed when dropped if it is still running.
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, command: &mut Command) -> anyhow::Result<ChildGuard> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({command:?})"))?;
+        Ok(ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The exit status, if the child has exited.
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name)),
+            None => bail!("{} was already reaped", self.name),
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; kills it after.
+    /// Returns the exit status and how long the exit took.
+    pub async fn terminate(mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Duration)> {
+        let pid = self.id().to_string();
+        let start = Instant::now();
+        // A failure means the process is already gone: it is reaped below.
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .context("running kill -TERM")?;
+        let deadline = start + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                self.child = None;
+                return Ok((status, start.elapsed()));
+            }
+            if Instant::now() >= deadline {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM: killed",
+                    self.name
+                );
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU time used so far by the threads of this process, summed by thread
+/// name (`/proc/self/task/*/schedstat`, nanoseconds). Threads that have
+/// ended are not counted.
+pub fn thread_cpu_times() -> HashMap<String, Duration> {
+    let mut times = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return times;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            *times.entry(name.trim().to_string()).or_default() += Duration::from_nanos(ns);
+        }
+    }
+    times
+}
+
+/// Peak resident set size of process `pid` (`VmHWM`), in bytes.
+pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_kib(&text, key).with_context(|| format!("{path}: no {key} line in kB"))
+}
+
+fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|l| l.strip_prefix(key))?;
+    let mut words = rest.split_whitespace();
+    let value = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(value)
+}
+
+/// The server binary to spawn: `explicit`, else the `pza-power-supply` next
+/// to this executable. Under `cargo run` (env `CARGO` set) it is built first
+/// with the same profile, so that it is never older than the library the
+/// in-process figures use.
+pub async fn server_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--server-bin {}: no such file", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locating the harness executable")?;
+    let dir = exe
+        .parent()
+        .context("the harness executable has no parent directory")?;
+    let path = dir.join("pza-power-supply");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let workspace = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let mut command = Command::new(cargo);
+        // `cargo run` describes the harness package in these variables; a
+        // build script that tracks one (ring's does) would be rebuilt, with
+        // everything above it, whenever they come and go.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(is_package_variable) {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "pza-power-supply",
+                "--bin",
+                "pza-power-supply",
+            ])
+            .current_dir(workspace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if !cfg!(debug_assertions) {
+            command.arg("--release");
+        }
+        let mut build = ChildGuard::spawn("cargo build of the server binary", &mut command)?;
+        let deadline = Instant::now() + BUILD_TIMEOUT;
+        let status = loop {
+            if let Some(status) = build.try_wait()? {
+                build.child = None;
+                break status;
+            }
+            if Instant::now() >= deadline {
+                bail!("cargo build of the server binary took over {BUILD_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !status.success() {
+            bail!("cargo build of the server binary failed ({status})");
+        }
+    }
+    if !path.is_file() {
+        bail!(
+            "no server binary at {}: build it with `cargo build --release -p pza-power-supply`, or pass --server-bin",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The variables `cargo run` sets to describe the package it runs.
+fn is_package_variable(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
+/// The mosquitto executable, if installed (Debian puts it in /usr/sbin,
+/// which is not on every user's PATH).
+pub fn find_mosquitto() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("mosquitto"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let sbin = PathBuf::from("/usr/sbin/mosquitto");
+        sbin.is_file().then_some(sbin)
+    })
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`,
+/// checking that `child` is still alive meanwhile.
+pub async fn wait_listening(
+    child: &mut ChildGuard,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} exited before listening on port {port} ({status})",
+                child.name
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} not listening on port {port} within {timeout:?}",
+                child.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A mosquitto broker on 127.0.0.1, stopped when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    child: ChildGuard,
+    _dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts `executable` on a free port, listening on 127.0.0.1 only, and
+    /// waits until it accepts connections. A config file is used rather than
+    /// `-p PORT` to bind to 127.0.0.1 and allow anonymous clients explicitly,
+    /// and to set `set_tcp_nodelay` (off by default, as with `-p PORT`).
+    pub async fn start(executable: &Path, tcp_nodelay: bool) -> anyhow::Result<Mosquitto> {
+        let port = pza_toolkit::mqtt::probe_free_port().context("probing a free port")?;
+        let dir = TempDir::new("mosquitto")?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay {tcp_nodelay}\n"
+            ),
+        )
+        .with_context(|| format!("writing {}", conf.display()))?;
+        let mut child = ChildGuard::spawn(
+            "mosquitto",
+            Command::new(executable)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        wait_listening(&mut child, port, Duration::from_secs(10)).await?;
+        Ok(Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.child
+            .terminate(Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kib_lines() {
+        let text = "Name:\tx\nVmHWM:\t  41230 kB\nVmRSS:\t  40000 kB\n";
+        assert_eq!(parse_status_kib(text, "VmHWM:"), Some(41230));
+        assert_eq!(parse_status_kib(text, "VmRSS:"), Some(40000));
+        assert_eq!(parse_status_kib(text, "VmPeak:"), None);
+        assert_eq!(parse_status_kib("VmHWM: 12 MB\n", "VmHWM:"), None);
+    }
+
+    #[test]
+    fn package_variables() {
+        assert!(is_package_variable("CARGO_MANIFEST_DIR"));
+        assert!(is_package_variable("CARGO_PKG_VERSION"));
+        assert!(!is_package_variable("CARGO_HOME"));
+        assert!(!is_package_variable("CARGO_TARGET_DIR"));
+    }
+
+    #[test]
+    fn own_peak_rss_is_readable() {
+        assert!(peak_rss(std::process::id()).unwrap() > 0);
+    }
+}
