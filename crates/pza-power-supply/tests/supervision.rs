@@ -471,3 +471,33 @@ async fn commands_queued_behind_a_crash_still_get_one_answer_each() {
     c.wait_status("q", "Running").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn commands_queued_behind_a_panic_are_served_by_the_next_runner() {
+    let server = TestServer::start(
+        r#"p: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 13 },
+               restart: { initial_delay_ms: 0, jitter: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "p").await;
+    c.publish(
+        "power-supply/p/voltage/cmd",
+        r#"{"pza_id":"boom","voltage":"13"}"#,
+    )
+    .await;
+    for i in 0..3 {
+        c.publish(
+            "power-supply/p/current/cmd",
+            format!(r#"{{"pza_id":"after{i}","current":"0.{}"}}"#, i + 1),
+        )
+        .await;
+    }
+    // The connection outlives the panic: the next runner answers what waited.
+    for i in 0..3 {
+        let reply = c.wait_reply(&format!("after{i}")).await;
+        assert_eq!(reply.topic, "power-supply/p/current", "{reply:?}");
+        assert_eq!(reply.json()["current"], format!("0.{}00", i + 1));
+    }
+    assert_eq!(server.emulator.device("p").unwrap().current_limit, 0.3);
+    server.stop().await;
+}

@@ -70,6 +70,8 @@ struct Shared {
     connected: AtomicBool,
     /// Publishes queued since the connection dropped.
     offline_queued: AtomicUsize,
+    /// Connected and subscribed: `Connected` was reported for this connection.
+    ready: AtomicBool,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
     /// in flight until now is gone (rumqttc clears them at reconnection).
     fn disconnected(&self) {
         self.connected.store(false, Ordering::SeqCst);
+        self.ready.store(false, Ordering::SeqCst);
         self.offline_queued.store(0, Ordering::SeqCst);
         self.acked
             .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -101,6 +104,15 @@ pub struct MqttLink {
     events: mpsc::Receiver<LinkEvent>,
     shared: Arc<Shared>,
     pump: AbortOnDrop,
+}
+
+impl std::fmt::Debug for MqttLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttLink")
+            .field("connected", &self.is_connected())
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Aborts the task when dropped, so that a runner that panics does not leave
@@ -146,6 +158,12 @@ impl MqttLink {
     /// The next event; `None` once the connection is closed for good.
     pub async fn recv(&mut self) -> Option<LinkEvent> {
         self.events.recv().await
+    }
+
+    /// Connected and subscribed (its `Connected` event was sent), so that a
+    /// new owner of a link already up need not wait for that event.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
     }
 
     /// Whether the link is connected to the broker now.
@@ -213,21 +231,22 @@ impl MqttLink {
 
     /// Flushes, then disconnects, each step for at most `timeout`. While
     /// disconnected, the connection is simply dropped.
-    pub async fn close(self, timeout: Duration) {
+    pub async fn close(mut self, timeout: Duration) {
+        self.shut(timeout).await;
+    }
+
+    /// `close`, for a link that stays in place (a runner's, lent to it by
+    /// the supervisor): flushes, disconnects and stops the pump. The link
+    /// is of no use afterwards.
+    pub async fn shut(&mut self, timeout: Duration) {
         self.flush(timeout).await;
-        let connected = self.is_connected();
-        let MqttLink {
-            client,
-            mut events,
-            pump,
-            ..
-        } = self;
-        if connected && client.try_disconnect().is_ok() {
+        if self.is_connected() && self.client.try_disconnect().is_ok() {
             // The pump ends once the DISCONNECT packet is written.
+            let events = &mut self.events;
             let _ = tokio::time::timeout(timeout, async { while events.recv().await.is_some() {} })
                 .await;
         }
-        drop(pump);
+        self.pump.0.abort();
     }
 }
 
@@ -255,6 +274,7 @@ async fn pump(
                 shared.offline_queued.store(0, Ordering::SeqCst);
                 if subscriptions.is_empty() {
                     connections += 1;
+                    shared.ready.store(true, Ordering::SeqCst);
                     if events
                         .send(LinkEvent::Connected {
                             first: connections == 1,
@@ -277,6 +297,7 @@ async fn pump(
                     tracing::error!(%client_id, filters = ?subscriptions, "the MQTT broker refused a subscription (check its access control list)");
                 }
                 connections += 1;
+                shared.ready.store(true, Ordering::SeqCst);
                 if events
                     .send(LinkEvent::Connected {
                         first: connections == 1,

@@ -12,6 +12,7 @@
 //! supervisor then restarts it with a fresh driver. A panic in the driver
 //! unwinds through the task and is reported by the `TaskMonitor`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -67,6 +68,22 @@ pub struct RunnerControl {
     /// Where the runner says it reached `Running`.
     pub reports: mpsc::UnboundedSender<RunnerReport>,
     pub generation: u64,
+    /// The runner's MQTT connection, lent by the supervisor. It outlives a
+    /// runner that crashes (the next one takes it over, already connected and
+    /// subscribed, with the commands still waiting in it), and is closed by a
+    /// runner that ends cleanly.
+    pub link: SharedLink,
+}
+
+/// A runner's MQTT connection, kept by the supervisor across restarts.
+pub type SharedLink = Arc<tokio::sync::Mutex<MqttLink>>;
+
+/// Opens the connection of a runner, subscribed to its command topics.
+pub fn open_link(settings: &RunnerSettings) -> SharedLink {
+    Arc::new(tokio::sync::Mutex::new(MqttLink::open(
+        client_options(&settings.client_id, &settings.endpoint, None),
+        vec![settings.topics.command_filter()],
+    )))
 }
 
 /// A driver operation borrowed for one call.
@@ -103,7 +120,9 @@ enum Failure {
 
 struct Session {
     settings: RunnerSettings,
-    link: MqttLink,
+    /// Held for the runner's whole life; a panic releases it with the link
+    /// still inside, for the next runner.
+    link: tokio::sync::OwnedMutexGuard<MqttLink>,
 }
 
 /// The driver, held apart from the `Session` so that the session can be
@@ -115,10 +134,7 @@ async fn run(
     driver: Box<dyn PowerSupplyDriver>,
     control: RunnerControl,
 ) -> anyhow::Result<()> {
-    let link = MqttLink::open(
-        client_options(&settings.client_id, &settings.endpoint, None),
-        vec![settings.topics.command_filter()],
-    );
+    let link = control.link.clone().lock_owned().await;
     let mut driver = driver;
     let mut session = Session { settings, link };
 
@@ -137,9 +153,14 @@ async fn run(
             tracing::info!(runner = %session.settings.name, cause = %e, "the device ended the session");
             Ok(())
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // The link stays up for the next runner; the error reply must be
+            // on the broker first.
+            session.link.flush(CLOSE_TIMEOUT).await;
+            return Err(e);
+        }
     };
-    session.link.close(CLOSE_TIMEOUT).await;
+    session.link.shut(CLOSE_TIMEOUT).await;
     outcome
 }
 
@@ -195,7 +216,7 @@ impl Session {
                 timeout.as_millis()
             ),
         }
-        loop {
+        while !self.link.is_ready() {
             match self.link.recv().await {
                 Some(LinkEvent::Connected { .. }) => break,
                 Some(LinkEvent::Message(_)) => {}

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::{LinkEvent, MqttLink};
 use super::restart::{Decision, RestartTracker};
-use super::runner::{Runner, RunnerControl, RunnerReport, RunnerSettings};
+use super::runner::{open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink};
 use super::SecurityLimits;
 use crate::config::{RestartPolicy, ServerConfig};
 use crate::drivers::{DriverFactory, DriverSettings, PowerSupplyDriver};
@@ -153,6 +153,7 @@ impl RunnersService {
                         last_cause: None,
                         last_status: None,
                         first_driver: std::sync::Mutex::new(Some(driver)),
+                        link: None,
                         ownership: Ownership::Unclaimed,
                     },
                 );
@@ -257,6 +258,9 @@ struct Slot {
     first_driver: std::sync::Mutex<Option<Box<dyn PowerSupplyDriver>>>,
     /// Whether this server serves the runner (see the module doc).
     ownership: Ownership,
+    /// The runner's MQTT connection, kept across crashes; `None` until the
+    /// first start and after a clean end.
+    link: Option<SharedLink>,
 }
 
 /// Whether this server instance serves a runner.
@@ -378,11 +382,18 @@ impl Supervisor {
         let stop = self.shutdown.child_token();
         let mut settings = slot.settings.clone();
         settings.client_id = format!("{}-{name}-{}", self.instance, slot.generation);
+        // A crashed runner's connection is lent to the next one: no new
+        // connection, subscription and broker work per restart.
+        let link = slot
+            .link
+            .get_or_insert_with(|| open_link(&settings))
+            .clone();
         let control = RunnerControl {
             stop: stop.clone(),
             shutdown: self.shutdown.clone(),
             reports: self.reports_tx.clone(),
             generation: slot.generation,
+            link,
         };
         slot.stop = Some(stop);
         slot.state = SlotState::Live;
@@ -444,6 +455,10 @@ impl Supervisor {
             return;
         };
         slot.stop = None;
+        if matches!(ending, Ending::Clean) {
+            // A runner that ends cleanly closes its connection.
+            slot.link = None;
+        }
         let restart_requested = std::mem::take(&mut slot.restart_requested);
         if !matches!(slot.ownership, Ownership::Owned(_)) {
             tracing::info!(runner = %name, "runner stopped: another server instance serves it");
@@ -900,6 +915,12 @@ impl Supervisor {
             }
         }
         self.release().await;
+        // Connections left by runners that crashed and were not restarted.
+        for slot in self.slots.values_mut() {
+            if let Some(link) = slot.link.take() {
+                link.lock().await.shut(CLOSE_TIMEOUT).await;
+            }
+        }
         self.link.close(CLOSE_TIMEOUT).await;
         self.monitor.lock().await.take();
         tracing::info!("all runners stopped");
