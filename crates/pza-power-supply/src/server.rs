@@ -82,11 +82,6 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// The address of the embedded broker, if it runs.
-    pub fn broker_addr(&self) -> Option<SocketAddr> {
-        self.broker.as_ref().map(EmbeddedBroker::addr)
-    }
-
     /// Waits for the shutdown to be asked, then for the runners to stop, and
     /// stops the broker last.
     pub async fn wait(self) -> anyhow::Result<()> {

@@ -60,19 +60,6 @@ pub enum Event {
     NoMoreTask,
 }
 
-impl Event {
-    /// The body of a task event; `None` for `TaskMonitorError` and `NoMoreTask`.
-    pub fn body(&self) -> Option<&EventBody> {
-        match self {
-            Event::TaskCreated(b)
-            | Event::TaskStopProperly(b)
-            | Event::TaskStopWithPain(b)
-            | Event::TaskPanicOMG(b) => Some(b),
-            Event::TaskMonitorError(_) | Event::NoMoreTask => None,
-        }
-    }
-}
-
 /// State shared between the monitor handle and its background task.
 #[derive(Default)]
 struct Shared {

@@ -250,6 +250,18 @@ impl MqttLink {
     }
 }
 
+/// Marks the link ready and reports the `connections`-th connection;
+/// false once nobody listens any more.
+async fn report_ready(shared: &Shared, events: &mpsc::Sender<LinkEvent>, connections: u64) -> bool {
+    shared.ready.store(true, Ordering::SeqCst);
+    events
+        .send(LinkEvent::Connected {
+            first: connections == 1,
+        })
+        .await
+        .is_ok()
+}
+
 async fn pump(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -274,14 +286,7 @@ async fn pump(
                 shared.offline_queued.store(0, Ordering::SeqCst);
                 if subscriptions.is_empty() {
                     connections += 1;
-                    shared.ready.store(true, Ordering::SeqCst);
-                    if events
-                        .send(LinkEvent::Connected {
-                            first: connections == 1,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    if !report_ready(&shared, &events, connections).await {
                         return;
                     }
                 } else {
@@ -297,14 +302,7 @@ async fn pump(
                     tracing::error!(%client_id, filters = ?subscriptions, "the MQTT broker refused a subscription (check its access control list)");
                 }
                 connections += 1;
-                shared.ready.store(true, Ordering::SeqCst);
-                if events
-                    .send(LinkEvent::Connected {
-                        first: connections == 1,
-                    })
-                    .await
-                    .is_err()
-                {
+                if !report_ready(&shared, &events, connections).await {
                     return;
                 }
             }
