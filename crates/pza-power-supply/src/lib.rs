@@ -6,7 +6,8 @@
 //!
 //! ## Layout
 //! - [`config`]: the config file, loaded and checked into a [`config::ServerConfig`].
-//! - [`protocol`]: the MQTT contract (topics, payloads), pure code.
+//! - [`protocol`]: the MQTT contract (topics, payloads), pure code: the
+//!   `pza-power-supply-protocol` crate, shared with the client library.
 //! - [`drivers`]: the `PowerSupplyDriver` trait, the `DriverFactory` and the models.
 //! - [`runners`]: one runner per supply, the security limits guard, the
 //!   restart policy and the `RunnersService` that supervises them.
@@ -18,7 +19,8 @@
 pub mod cli;
 pub mod config;
 pub mod drivers;
-pub mod protocol;
 pub mod runners;
 pub mod server;
 pub mod simulator;
+
+pub use pza_power_supply_protocol as protocol;

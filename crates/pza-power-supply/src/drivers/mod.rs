@@ -7,10 +7,9 @@ mod error;
 pub mod factory;
 pub mod kd3005p;
 mod manifest;
-mod units;
 
 pub use driver::PowerSupplyDriver;
 pub use error::{DriverError, ErrorKind};
 pub use factory::{DriverFactory, DriverModel, DriverSettings, SettingsError};
 pub use manifest::{DriverManifest, Range};
-pub use units::{Amps, Volts};
+pub use pza_power_supply_protocol::units::{Amps, Volts};

@@ -70,6 +70,21 @@ impl Topics {
         format!("{}/restart/cmd", self.prefix)
     }
 
+    /// `P/measure/cmd`: measure now.
+    pub fn measure_command(&self) -> String {
+        format!("{}/measure/cmd", self.prefix)
+    }
+
+    /// `P/measure`: the one reply to `P/measure/cmd`, both values.
+    pub fn measure_reply(&self) -> String {
+        format!("{}/measure", self.prefix)
+    }
+
+    /// `P/info` (retained): model, description, limits and decimals.
+    pub fn info(&self) -> String {
+        format!("{}/info", self.prefix)
+    }
+
     /// The filter of every command topic of this runner, `P/+/cmd`: the
     /// runner receives commands for attributes it does not know too, to log
     /// and ignore them.
@@ -127,6 +142,9 @@ mod tests {
             "power-supply/psu1/measure/current"
         );
         assert_eq!(t.restart_command(), "power-supply/psu1/restart/cmd");
+        assert_eq!(t.measure_command(), "power-supply/psu1/measure/cmd");
+        assert_eq!(t.measure_reply(), "power-supply/psu1/measure");
+        assert_eq!(t.info(), "power-supply/psu1/info");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::de::{MapAccess, Visitor};
 use serde_json::{json, Value};
 
 use super::Attribute;
-use crate::drivers::{Amps, Volts};
+use crate::units::{Amps, Volts};
 
 /// A valid command, before the security limits are checked.
 #[derive(Debug, Clone, PartialEq)]
