@@ -196,6 +196,12 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// pza-power-supply patch: retained messages matched by this new
+    /// subscription and not yet handed to the connection. Upstream truncated
+    /// them to the free in-flight slots (100 at QoS 1) and dropped the rest;
+    /// here they wait for slots, ahead of the filter's new data.
+    #[serde(skip)]
+    pub(crate) pending_retained: VecDeque<(Publish, Option<PublishProperties>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

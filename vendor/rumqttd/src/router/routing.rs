@@ -975,6 +975,7 @@ impl Router {
                 // set true for new subscriptions
                 forward_retained,
                 group,
+                pending_retained: VecDeque::new(),
             };
 
             self.scheduler.track(id, request);
@@ -1462,27 +1463,42 @@ fn forward_device_data(
     let mut publishes = Vec::new();
 
     if request.forward_retained {
-        // NOTE: ideally we want to limit the number of read messages
-        // and skip the messages previously read while reading next time.
-        // but for now, we just try to read all messages and drop the excess ones
-        let mut retained_publishes = datalog.read_retained_messages(&request.filter);
-        retained_publishes.truncate(inflight_slots as usize);
-
-        publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
-        inflight_slots -= publishes.len() as u64;
+        // pza-power-supply patch: every retained message matched is kept in
+        // the request and handed over as slots allow, instead of truncating
+        // them to the free slots and dropping the rest.
+        request.pending_retained = datalog.read_retained_messages(&request.filter).into();
 
         // we only want to forward retained messages once
         request.forward_retained = false;
     }
 
-    let (next, publishes_from_datalog) =
+    if !request.pending_retained.is_empty() {
+        let count = request.pending_retained.len().min(inflight_slots as usize);
+        publishes.extend(
+            request
+                .pending_retained
+                .drain(..count)
+                .map(|p| (p, None)),
+        );
+        inflight_slots -= count as u64;
+    }
+
+    // pza-power-supply patch: while retained messages wait, the filter's
+    // new data waits behind them (its cursor does not move), so that a
+    // subscriber sees the retained state before the changes that follow it.
+    let retained_waiting = !request.pending_retained.is_empty();
+    let (next, publishes_from_datalog) = if retained_waiting {
+        let cursor = request.cursor;
+        (Position::Next { start: cursor, end: cursor }, Vec::new())
+    } else {
         match datalog.native_readv(request.filter_idx, request.cursor, inflight_slots) {
             Ok(v) => v,
             Err(e) => {
                 error!(error = ?e, "Failed to read from commitlog {}", e);
                 return ConsumeStatus::FilterCaughtup;
             }
-        };
+        }
+    };
 
     publishes.extend(
         publishes_from_datalog

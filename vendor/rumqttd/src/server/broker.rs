@@ -381,6 +381,17 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
+        self.serve(listener, link_type).await
+    }
+
+    /// pza-power-supply patch: serves the connections of a listener bound by
+    /// the caller, who can then tune the listening socket (its backlog, say)
+    /// and learn of a bind failure before anything starts. `TCP_NODELAY` is
+    /// set on every accepted connection: the broker writes small packets
+    /// that the peer waits for (a PUBACK, then the message that follows it),
+    /// which Nagle's algorithm would otherwise hold back until the peer's
+    /// delayed ACK. `config.listen` is then only a name for the logs.
+    pub async fn serve(&mut self, listener: TcpListener, link_type: LinkType) -> Result<(), Error> {
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
@@ -399,6 +410,9 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error=?e, ?addr, "Unable to set TCP_NODELAY");
+            }
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
