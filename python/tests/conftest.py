@@ -35,7 +35,8 @@ MAX_VOLTAGE = 30
 MAX_CURRENT = 5
 
 MAIN_RUNNERS = f"""
-    "emulator": {{ model: "emulator", security_max_voltage: {MAX_VOLTAGE}, security_max_current: {MAX_CURRENT} }},
+    "emulator": {{ model: "emulator",
+                   security_max_voltage: {MAX_VOLTAGE}, security_max_current: {MAX_CURRENT} }},
     "psu-a": {{ model: "emulator" }},
     "psu-b": {{ model: "emulator" }},
     "limited": {{ model: "emulator", description: "12 V rail", security_min_voltage: 1,
@@ -93,7 +94,7 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"server did not stop within {STOP_TIMEOUT_S} s:\n{self.log()}")
+            raise AssertionError(f"server did not stop within {STOP_TIMEOUT_S} s:\n{self.log()}") from None
 
 
 def start_server(directory: Path, runners: str, names: List[str], broker_extra: str = "") -> ServerProcess:
@@ -105,7 +106,7 @@ def start_server(directory: Path, runners: str, names: List[str], broker_extra: 
         port = free_port()
         config = directory / f"config-{attempt}.json5"
         config.write_text(
-            f"{{ broker: {{ use_builtin: true, tcp: {{ addr: \"127.0.0.1\", port: {port} }}, {broker_extra} }},"
+            f'{{ broker: {{ use_builtin: true, tcp: {{ addr: "127.0.0.1", port: {port} }}, {broker_extra} }},'
             f"   runners: {{ {runners} }} }}"
         )
         log_path = directory / f"server-{attempt}.log"
@@ -141,7 +142,9 @@ def wait_ready(server: ServerProcess, names: List[str], broker_extra: str) -> st
             continue
         with client:
             for name in names:
-                client.power_supply(name).wait_for_status("Running", timeout=max(deadline - time.monotonic(), 0.1))
+                client.power_supply(name).wait_for_status(
+                    "Running", timeout=max(deadline - time.monotonic(), 0.1)
+                )
         return ""
     return f"not accepting connections within {START_TIMEOUT_S} s:\n{server.log()}"
 

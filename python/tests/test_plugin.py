@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from conftest import NAMESPACE, PASSWORD, USERNAME
+from conftest import NAMESPACE, PASSWORD, USERNAME, free_port
 
 USER_TESTS = """
 import pytest
@@ -34,11 +33,15 @@ def test_namespaced(pza_client):
 
 def test_the_fixture_reaches_the_broker_given(pytester: pytest.Pytester, server) -> None:
     pytester.makepyfile(USER_TESTS)
-    result = pytester.runpytest_subprocess("--pza-broker", f"127.0.0.1:{server.port}", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(
+        "--pza-broker", f"127.0.0.1:{server.port}", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(passed=3)
 
 
-def test_namespace_and_login_options(pytester: pytest.Pytester, ns_server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_namespace_and_login_options(
+    pytester: pytest.Pytester, ns_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(NS_TESTS)
     monkeypatch.setenv("PZA_MQTT_PASSWORD", PASSWORD)
     result = pytester.runpytest_subprocess(
@@ -65,8 +68,6 @@ def test_a_failing_user_test_fails_the_run(pytester: pytest.Pytester, server) ->
 
 
 def test_an_unreachable_broker_errors_the_tests_using_the_fixture(pytester: pytest.Pytester) -> None:
-    from conftest import free_port
-
     pytester.makepyfile("def test_x(pza_client):\n    pass\n")
     port = free_port()
     result = pytester.runpytest_subprocess("--pza-broker", f"127.0.0.1:{port}", "--pza-timeout", "2")
@@ -82,7 +83,9 @@ def test_an_unreachable_broker_errors_the_tests_using_the_fixture(pytester: pyte
         ("--pza-timeout", "0", "--pza-timeout: must be above 0 seconds, not 0.0"),
     ],
 )
-def test_a_bad_option_is_a_usage_error(pytester: pytest.Pytester, option: str, value: str, message: str) -> None:
+def test_a_bad_option_is_a_usage_error(
+    pytester: pytest.Pytester, option: str, value: str, message: str
+) -> None:
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest_subprocess(option, value)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

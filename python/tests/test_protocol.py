@@ -6,14 +6,21 @@ import json
 
 import pytest
 
-from pza_power_supply import _protocol as protocol
 from pza_power_supply import PzaError, Rejected, Timeout
+from pza_power_supply import _protocol as protocol
 from pza_power_supply.pytest_plugin import parse_broker
 
 
 @pytest.mark.parametrize(
     "value, text",
-    [(5.0, "5.0"), (5, "5.0"), (0.1, "0.1"), (1e20, "100000000000000000000"), (1e-7, "0.0000001"), (-2.5, "-2.5")],
+    [
+        (5.0, "5.0"),
+        (5, "5.0"),
+        (0.1, "0.1"),
+        (1e20, "100000000000000000000"),
+        (1e-7, "0.0000001"),
+        (-2.5, "-2.5"),
+    ],
 )
 def test_values_are_written_as_plain_decimals(value: float, text: str) -> None:
     assert protocol.decimal_text("voltage", value) == text
@@ -22,7 +29,10 @@ def test_values_are_written_as_plain_decimals(value: float, text: str) -> None:
 def test_topics_with_and_without_namespace() -> None:
     assert protocol.topic(None, "psu", protocol.VOLTAGE_CMD) == "power-supply/psu/voltage/cmd"
     assert protocol.topic("bench-3", "psu", protocol.MEASURE) == "bench-3/power-supply/psu/measure"
-    assert protocol.split_topic("bench-3", "bench-3/power-supply/psu/measure/voltage") == ("psu", "measure/voltage")
+    assert protocol.split_topic("bench-3", "bench-3/power-supply/psu/measure/voltage") == (
+        "psu",
+        "measure/voltage",
+    )
     assert protocol.split_topic(None, "bench-3/power-supply/psu/voltage") is None
     assert protocol.split_topic(None, "power-supply/psu") is None
     assert protocol.presence_filters("a/b") == ["a/b/power-supply/+/status", "a/b/power-supply/+/info"]
@@ -66,12 +76,20 @@ def test_exception_hierarchy() -> None:
     assert issubclass(Rejected, PzaError)
     assert issubclass(Timeout, PzaError) and issubclass(Timeout, TimeoutError)
     err = Rejected("voltage 31 exceeds security_max_voltage 30", "psu")
-    assert (err.message, err.power_supply, str(err)) == ("voltage 31 exceeds security_max_voltage 30", "psu", err.message)
+    assert (err.message, err.power_supply, str(err)) == (
+        "voltage 31 exceeds security_max_voltage 30",
+        "psu",
+        err.message,
+    )
 
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("127.0.0.1:1883", ("127.0.0.1", 1883)), ("broker.lab:8883", ("broker.lab", 8883)), ("[::1]:1883", ("::1", 1883))],
+    [
+        ("127.0.0.1:1883", ("127.0.0.1", 1883)),
+        ("broker.lab:8883", ("broker.lab", 8883)),
+        ("[::1]:1883", ("::1", 1883)),
+    ],
 )
 def test_broker_option(text: str, expected: tuple) -> None:
     assert parse_broker(text) == expected

@@ -46,7 +46,7 @@ def _check_timeout(field: str, value: object) -> float:
 class _Pending:
     """One command waiting for its reply (on ``reply``) or its refusal (on ``P/error``)."""
 
-    __slots__ = ("name", "reply", "done", "body", "error")
+    __slots__ = ("body", "done", "error", "name", "reply")
 
     def __init__(self, name: str, reply: str) -> None:
         self.name = name
@@ -135,7 +135,8 @@ class Client:
         self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.on_subscribe = self._on_subscribe
         self._mqtt.on_message = self._on_message
-        self._mqtt.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        # paho annotates the delays as int, but computes them as floats (sleep, doubling, min).
+        self._mqtt.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)  # type: ignore[arg-type]
         self._mqtt.connect_timeout = self.timeout
         self._connect()
 
@@ -151,8 +152,10 @@ class Client:
         failure: Optional[str] = None
         with self._cond:
             ready = self._cond.wait_for(
-                lambda: self._refused is not None
-                or (self._connect_mid is not None and self._connect_mid in self._acks),
+                lambda: (
+                    self._refused is not None
+                    or (self._connect_mid is not None and self._connect_mid in self._acks)
+                ),
                 self.timeout,
             )
             refused = self._refused
@@ -164,12 +167,14 @@ class Client:
             raise PzaError(f"the MQTT broker at {where} {refused}")
         if not ready:
             self._shutdown()
-            raise Timeout(f"the MQTT broker at {where} did not accept the connection within {self.timeout:g} s")
+            raise Timeout(
+                f"the MQTT broker at {where} did not accept the connection within {self.timeout:g} s"
+            )
         if failure is not None:
             self._shutdown()
             raise PzaError(f"the MQTT broker at {where} refused a subscription: {failure}")
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -386,7 +391,7 @@ class Client:
         if parts is None:
             return
         name, suffix = parts
-        body = protocol.decode(message.payload)
+        body = protocol.decode(bytes(message.payload))
         with self._cond:
             if suffix in protocol.PRESENCE:
                 self._note_presence(name, suffix, body is not None)

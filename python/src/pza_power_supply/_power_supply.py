@@ -29,7 +29,7 @@ class PowerSupply:
     setpoint (``voltage``, ``current``) is what the device was told, not a measurement.
     """
 
-    def __init__(self, client: "Client", name: str) -> None:
+    def __init__(self, client: Client, name: str) -> None:
         self._client = client
         self.name = name
         self._status: Optional[str] = None
@@ -91,15 +91,11 @@ class PowerSupply:
         message if any) when it is not reached within ``timeout`` seconds.
         """
         if status not in protocol.STATUSES:
-            raise ValueError(
-                f"status {status!r} is not one of {', '.join(protocol.STATUSES)}"
-            )
+            raise ValueError(f"status {status!r} is not one of {', '.join(protocol.STATUSES)}")
         client = self._client
         seconds = client._wait_seconds(timeout)
         with client._cond:
-            reached = client._cond.wait_for(
-                lambda: client._closed or self._status == status, seconds
-            )
+            reached = client._cond.wait_for(lambda: client._closed or self._status == status, seconds)
             client._check_open()
             if reached:
                 return

@@ -93,7 +93,7 @@ def split_topic(namespace: Optional[str], full: str) -> Optional[Tuple[str, str]
     head = root(namespace) + "/"
     if not full.startswith(head):
         return None
-    name, sep, suffix = full[len(head):].partition("/")
+    name, sep, suffix = full[len(head) :].partition("/")
     if not sep or not name or not suffix:
         return None
     return name, suffix
