@@ -97,13 +97,17 @@ class ServerProcess:
             raise AssertionError(f"server did not stop within {STOP_TIMEOUT_S} s:\n{self.log()}") from None
 
 
-def start_server(directory: Path, runners: str, names: List[str], broker_extra: str = "") -> ServerProcess:
-    """Starts the server binary with an embedded broker on a free port and ``runners``, and
-    returns once every runner of ``names`` is ``Running``."""
+def start_server(
+    directory: Path, runners: str, names: List[str], broker_extra: str = "", port: Optional[int] = None
+) -> ServerProcess:
+    """Starts the server binary with an embedded broker on ``port`` (default: a free one) and
+    ``runners``, and returns once every runner of ``names`` is ``Running``."""
     binary = server_binary()
+    directory.mkdir(parents=True, exist_ok=True)
     failure = ""
+    fixed = port
     for attempt in range(START_ATTEMPTS):
-        port = free_port()
+        port = fixed or free_port()
         config = directory / f"config-{attempt}.json5"
         config.write_text(
             f'{{ broker: {{ use_builtin: true, tcp: {{ addr: "127.0.0.1", port: {port} }}, {broker_extra} }},'

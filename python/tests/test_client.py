@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 import threading
 from typing import List
 
@@ -17,6 +18,7 @@ from conftest import (
     PASSWORD,
     USERNAME,
     free_port,
+    start_server,
     wait_until,
 )
 
@@ -355,3 +357,29 @@ def test_a_wrong_password_is_refused(ns_server) -> None:
         PzaError, match=f"the MQTT broker at 127.0.0.1:{ns_server.port} refused the connection"
     ):
         Client("127.0.0.1", ns_server.port, namespace=NAMESPACE, username=USERNAME, password="wrong")
+
+
+def test_the_client_comes_back_after_a_broker_outage(tmp_path) -> None:
+    # A server of its own: its embedded broker goes away and comes back on the same port.
+    first = start_server(tmp_path / "first", '"solo": { model: "emulator" },', ["solo"])
+    try:
+        client = Client("127.0.0.1", first.port, timeout=5.0)
+        psu = client.power_supply("solo")
+        assert psu.set_voltage(3.0) == 3.0
+    finally:
+        assert first.stop() == 0 or sys.platform == "win32"
+    with client:
+        # The server's last word before its broker stopped.
+        psu.wait_for_status("Stopped")
+        with pytest.raises(Timeout):
+            psu.set_voltage(4.0, timeout=0.2)
+        second = start_server(
+            tmp_path / "second", '"solo": { model: "emulator" },', ["solo"], port=first.port
+        )
+        try:
+            # Reconnected and subscribed again: the new server's statuses arrive.
+            psu.wait_for_status("Running", timeout=30.0)
+            assert psu.set_voltage(4.0) == 4.0
+            assert "solo" in client.list()
+        finally:
+            assert second.stop() == 0 or sys.platform == "win32"

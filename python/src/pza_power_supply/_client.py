@@ -205,9 +205,15 @@ class Client:
         with self._setup_lock:
             self._check_open()
             if not self._presence:
+                # Set first, so that a reconnection meanwhile subscribes to them too.
                 with self._cond:
                     self._presence = True
-                self._subscribe(protocol.presence_filters(self.namespace))
+                try:
+                    self._subscribe(protocol.presence_filters(self.namespace))
+                except BaseException:
+                    with self._cond:
+                        self._presence = False
+                    raise
         self._sync()
         with self._cond:
             return sorted(self._present)
