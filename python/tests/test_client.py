@@ -383,3 +383,26 @@ def test_the_client_comes_back_after_a_broker_outage(tmp_path) -> None:
             assert "solo" in client.list()
         finally:
             assert second.stop() == 0 or sys.platform == "win32"
+
+
+def test_first_calls_from_several_threads_at_once(client: Client) -> None:
+    # The first list() subscribes and the first power_supply(name) creates the handle: callers
+    # racing on them must all see the complete answer and the one handle.
+    workers = 4
+    start = threading.Barrier(workers)
+    lists: List[List[str]] = []
+    handles: List[PowerSupply] = []
+
+    def first_calls() -> None:
+        start.wait()
+        lists.append(client.list())
+        handles.append(client.power_supply("psu-a"))
+
+    threads = [threading.Thread(target=first_calls) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lists == [MAIN_NAMES] * workers
+    assert len(handles) == workers and all(h is handles[0] for h in handles)
+    assert handles[0].status == "Running"

@@ -158,9 +158,9 @@ class Client:
                 ),
                 self.timeout,
             )
-            refused = self._refused
-            if ready and refused is None:
-                failure = self._acks.pop(self._connect_mid)  # type: ignore[arg-type]
+            refused, mid = self._refused, self._connect_mid
+            if ready and refused is None and mid is not None:
+                failure = self._acks.pop(mid)
                 self._started = True
         if refused is not None:
             self._shutdown()
