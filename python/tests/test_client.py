@@ -406,3 +406,28 @@ def test_first_calls_from_several_threads_at_once(client: Client) -> None:
     assert lists == [MAIN_NAMES] * workers
     assert len(handles) == workers and all(h is handles[0] for h in handles)
     assert handles[0].status == "Running"
+
+
+def test_two_clients_on_one_power_supply_never_take_each_others_replies(server) -> None:
+    # Both clients receive every reply on the supply's topics; each must keep only its own ids.
+    rounds = 50
+    errors: List[BaseException] = []
+    start = threading.Barrier(2)
+
+    def drive(offset: float) -> None:
+        try:
+            with Client("127.0.0.1", server.port) as own:
+                psu = own.power_supply("psu-b")
+                start.wait()
+                for i in range(rounds):
+                    wanted = round(offset + i * 0.001, 3)
+                    assert psu.set_current(wanted) == wanted
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=drive, args=(o,)) for o in (0.5, 2.5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
