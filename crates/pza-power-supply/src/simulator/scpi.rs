@@ -39,7 +39,13 @@ use tokio_util::sync::CancellationToken;
 use super::kd3005p::SimulatedState;
 use crate::drivers::emulator::{EmulatedDevice, DEFAULT_INITIAL_CURRENT, DEFAULT_LOAD_OHMS};
 use crate::drivers::scpi::profile::{ChannelSpec, Profile};
-use crate::drivers::scpi::protocol::{parse_number, Dialect};
+use crate::drivers::scpi::protocol::{parse_number, round, Dialect};
+
+/// The window in which the simulated SPD3303X drops a second command. Users
+/// report commands lost when sent back to back, and none with 50 ms between
+/// them; the driver paces at 100 ms (the programming guide's advice), so it
+/// keeps a margin over the unit's need, as one would with a real unit.
+pub const SIGLENT_DROP_WINDOW: Duration = Duration::from_millis(50);
 
 /// Longest command line kept; a longer one is discarded as garbage.
 const MAX_LINE: usize = 1024;
@@ -59,9 +65,9 @@ pub struct ScpiSimulatorOptions {
     pub profile: &'static Profile,
     /// Address to listen on; port 0 takes a free one.
     pub addr: SocketAddr,
-    /// Commands closer than this to the previous served one are dropped;
-    /// the Siglent's quirk ([`ScpiSimulatorOptions::new`] sets it to the
-    /// profile's pacing for the Siglent, to zero for the others).
+    /// Commands closer than this to the previous served one are dropped:
+    /// the Siglent's quirk ([`ScpiSimulatorOptions::new`] sets it to
+    /// [`SIGLENT_DROP_WINDOW`] for the Siglent, to zero for the others).
     pub drop_window: Duration,
     /// Resistance of the load on every output, in ohms (finite, > 0).
     pub load_ohms: f64,
@@ -76,7 +82,7 @@ impl ScpiSimulatorOptions {
             profile,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             drop_window: match profile.dialect {
-                Dialect::Siglent => profile.pacing,
+                Dialect::Siglent => SIGLENT_DROP_WINDOW,
                 Dialect::Rigol | Dialect::Keysight => Duration::ZERO,
             },
             load_ohms: DEFAULT_LOAD_OHMS,
@@ -491,11 +497,6 @@ impl Command {
                 query == node_query && (node == short || node == p.to_ascii_uppercase())
             })
     }
-}
-
-fn round(value: f64, decimals: usize) -> f64 {
-    let scale = 10f64.powi(decimals as i32);
-    (value * scale).round() / scale
 }
 
 /// `+1.20000E+01`: the NR3 format of the E36300's replies.

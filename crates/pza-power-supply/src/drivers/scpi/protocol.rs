@@ -148,7 +148,10 @@ fn value(
 ) -> Result<String, ProtocolError> {
     // `contains` is false for NaN, so a NaN never reaches the formatter.
     if range.contains(value) {
-        Ok(format!("{value:.decimals$}"))
+        // Rounded as `same_setting` rounds, so that the read-back compares
+        // equal: the formatter alone would print 1.2345 as 1.234 (its binary
+        // value is just below the half).
+        Ok(format!("{:.decimals$}", round(value, decimals)))
     } else {
         Err(ProtocolError::OutOfRange {
             value,
@@ -327,6 +330,12 @@ pub fn parse_number(text: &str) -> Option<f64> {
         .filter(|v| v.is_finite() && v.abs() < SCPI_NAN_THRESHOLD)
 }
 
+/// `value` at `decimals` decimals, halves away from zero.
+pub fn round(value: f64, decimals: usize) -> f64 {
+    let scale = 10f64.powi(decimals as i32);
+    (value * scale).round() / scale
+}
+
 /// True when `read_back` is what the instrument shows for `requested` at
 /// `decimals` decimals.
 pub fn same_setting(requested: f64, read_back: f64, decimals: usize) -> bool {
@@ -350,6 +359,11 @@ mod tests {
         assert_eq!(
             d.set(3, Setting::Current, 0.1234, RANGE_30, 3).unwrap(),
             [":INST:NSEL 3", ":CURR 0.123"]
+        );
+        // Rounded as the read-back is compared, not as the formatter would.
+        assert_eq!(
+            d.set(1, Setting::Voltage, 1.2345, RANGE_30, 3).unwrap(),
+            [":INST:NSEL 1", ":VOLT 1.235"]
         );
         assert_eq!(d.setpoint_query(2, Setting::Voltage), ":APPL? CH2");
         assert_eq!(d.set_output(1, true), [":OUTP CH1,ON"]);
