@@ -2,7 +2,8 @@
 //! a client publishes `voltage/cmd` and waits for the read-back, through the
 //! embedded broker, the runner, the shared session and TCP. First one
 //! channel, one command at a time; then two channels of the same instrument
-//! driven at once (both commands published together, both replies awaited).
+//! driven at once (both commands published together, both replies awaited:
+//! the session serves one, then the other).
 //!
 //! `cargo run --release -p pza-power-supply --example scpi_round_trip [N]`
 //!
@@ -54,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|lines| lines.len())
             .unwrap_or(1) as u32;
         let floor = profile.pacing * (set_lines + 1);
-        let base = *baseline.get_or_insert(median(&single.latencies));
+        let base = *baseline.get_or_insert(median(&single.rounds));
         println!(
             "{} (pacing {} ms, floor {:.1} ms = ({} set lines + 1 query) x pacing):",
             profile.model,
@@ -62,9 +63,9 @@ async fn main() -> anyhow::Result<()> {
             ms(floor),
             set_lines
         );
-        report("one channel      ", &single.latencies, floor, base);
-        report("two channels, each", &pair.latencies, floor * 2, base);
-        report("two channels, pair", &pair.rounds, floor * 2, base);
+        report("one channel             ", &single.rounds, floor, base);
+        report("two channels, 1st reply ", &pair.firsts, floor, base);
+        report("two channels, both      ", &pair.rounds, floor * 2, base);
         println!(
             "  connections opened: {} and {}; commands dropped by the simulator: {}",
             single.connections,
@@ -76,9 +77,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 struct Samples {
-    /// Publish to read-back, per command.
-    latencies: Vec<Duration>,
-    /// Publish to the last read-back of a round (one command per channel).
+    /// Publish to the first read-back of a round (one command per channel,
+    /// published together): the command served first.
+    firsts: Vec<Duration>,
+    /// Publish to the last read-back of a round: the whole round.
     rounds: Vec<Duration>,
     connections: u64,
     dropped: u64,
@@ -136,7 +138,7 @@ async fn run(
         .await?;
     }
 
-    let mut latencies = Vec::with_capacity(commands * channels.len());
+    let mut firsts = Vec::with_capacity(commands);
     let mut rounds = Vec::with_capacity(commands);
     for i in 0..commands {
         let volts = format!("{}.{:03}", 1 + i % 4, i % 1000);
@@ -161,7 +163,9 @@ async fn run(
             if topic.ends_with("/voltage") {
                 if let Some(at) = waiting.iter().position(|id| payload.contains(id.as_str())) {
                     waiting.remove(at);
-                    latencies.push(started.elapsed());
+                    if waiting.len() + 1 == channels.len() {
+                        firsts.push(started.elapsed());
+                    }
                 }
             } else if topic.ends_with("/error") {
                 anyhow::bail!("refused: {payload}");
@@ -170,7 +174,7 @@ async fn run(
         rounds.push(started.elapsed());
     }
     let samples = Samples {
-        latencies,
+        firsts,
         rounds,
         connections: sim.accepted_connections(),
         dropped: sim.dropped_commands(),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{running_client, Client, TestServer};
+use common::{running_client, Client, Message, TestServer, WAIT};
 use pza_power_supply::drivers::scpi::profile::{Profile, RIGOL_DP832, SIGLENT_SPD3303X};
 use pza_power_supply::simulator::{ScpiSimulator, ScpiSimulatorOptions};
 use serde_json::json;
@@ -50,6 +50,29 @@ async fn command(
     reply.json()
 }
 
+/// The replies carrying `ids`, in the order of `ids`, whatever order they
+/// come in.
+async fn replies(c: &mut Client, ids: &[String]) -> Vec<Message> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut found: Vec<Option<Message>> = vec![None; ids.len()];
+    while found.iter().any(Option::is_none) {
+        let m = c
+            .next_before(deadline)
+            .await
+            .unwrap_or_else(|| panic!("no reply to all of {ids:?} within {WAIT:?}: {found:?}"));
+        if m.topic.ends_with("/cmd") {
+            continue;
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(&m.payload)
+            .ok()
+            .and_then(|v| v["pza_id"].as_str().map(str::to_string));
+        if let Some(at) = ids.iter().position(|i| Some(i) == id.as_ref()) {
+            found[at] = Some(m);
+        }
+    }
+    found.into_iter().flatten().collect()
+}
+
 #[tokio::test]
 async fn two_channels_of_one_instrument_driven_at_once() {
     let sim = simulator(&RIGOL_DP832).await;
@@ -78,8 +101,12 @@ async fn two_channels_of_one_instrument_driven_at_once() {
             format!(r#"{{"pza_id":"b{round}","voltage":"{v2}"}}"#),
         )
         .await;
-        let a = c.wait_reply(&format!("a{round}")).await;
-        let b = c.wait_reply(&format!("b{round}")).await;
+        // The session serves them in either order.
+        let mut replies = replies(&mut c, &[format!("a{round}"), format!("b{round}")]).await;
+        let b = replies.pop().unwrap();
+        let a = replies.pop().unwrap();
+        assert_eq!(a.topic, "power-supply/dut-5v/voltage");
+        assert_eq!(b.topic, "power-supply/dut-12v/voltage");
         assert_eq!(a.json()["voltage"], v1.as_str(), "{a:?}");
         assert_eq!(b.json()["voltage"], v2.as_str(), "{b:?}");
         assert_eq!(

@@ -226,12 +226,14 @@ impl ScpiDriver {
             Setting::Voltage => (self.spec.voltage, self.spec.voltage_decimals),
             Setting::Current => (self.spec.current, self.spec.current_decimals),
         };
-        let lines = self
-            .profile
-            .dialect
-            .set(self.channel, setting, requested, range, decimals)?;
-        self.session.send(self.attachment()?, &lines).await?;
-        let read_back = self.setting(setting).await?;
+        let dialect = self.profile.dialect;
+        let lines = dialect.set(self.channel, setting, requested, range, decimals)?;
+        let query = dialect.setpoint_query(self.channel, setting);
+        let reply = self
+            .session
+            .send_then_query(self.attachment()?, &lines, &query)
+            .await?;
+        let read_back = dialect.parse_setpoint(self.channel, setting, &reply)?;
         if protocol::same_setting(requested, read_back, decimals) {
             self.verified = Some(Verified::Setting(setting, read_back));
             Ok(())
@@ -302,9 +304,14 @@ impl PowerSupplyDriver for ScpiDriver {
 
     async fn set_output_enabled(&mut self, enabled: bool) -> Result<(), DriverError> {
         self.verified = None;
-        let lines = self.profile.dialect.set_output(self.channel, enabled);
-        self.session.send(self.attachment()?, &lines).await?;
-        if self.read_output().await? == enabled {
+        let dialect = self.profile.dialect;
+        let lines = dialect.set_output(self.channel, enabled);
+        let query = dialect.output_query(self.channel);
+        let reply = self
+            .session
+            .send_then_query(self.attachment()?, &lines, &query)
+            .await?;
+        if dialect.parse_output(self.channel, &reply)? == enabled {
             self.verified = Some(Verified::Output(enabled));
             Ok(())
         } else {

@@ -4,8 +4,8 @@
 //! Instruments take one control connection at a time, so the runners of one
 //! instrument share a [`Session`], found in the [`Sessions`] registry by the
 //! instrument's [`Endpoint`]. The session:
-//! - serializes exchanges: one runner's select-then-set is never split by
-//!   another runner's command;
+//! - serializes exchanges: one runner's set (the Rigol's select-then-set)
+//!   and its read-back are never split by another runner's command;
 //! - opens the connection when a driver attaches and none is open, and checks
 //!   the instrument's `*IDN?` against the profile;
 //! - drops the connection after an I/O error or a timeout (its state is then
@@ -159,25 +159,21 @@ impl Session {
         }
     }
 
-    /// Sends `lines`, which the instrument does not answer.
-    pub async fn send(&self, attachment: &Attachment, lines: &[String]) -> Result<(), DriverError> {
-        self.exchange(attachment, lines, None).await.map(|_| ())
-    }
-
     /// Sends `query` and returns its reply.
     pub async fn query(&self, attachment: &Attachment, query: &str) -> Result<String, DriverError> {
-        self.exchange(attachment, &[], Some(query))
-            .await?
-            .ok_or_else(|| DriverError::protocol(format!("no reply to {query}")))
+        self.send_then_query(attachment, &[], query).await
     }
 
-    /// `lines`, then `query`, with no other runner's command in between.
-    async fn exchange(
+    /// Sends `lines` (which the instrument does not answer), then `query`,
+    /// and returns its reply: a set and its read-back, with no other
+    /// runner's command in between, so another channel's command waits for
+    /// one whole command, not half of one.
+    pub async fn send_then_query(
         &self,
         attachment: &Attachment,
         lines: &[String],
-        query: Option<&str>,
-    ) -> Result<Option<String>, DriverError> {
+        query: &str,
+    ) -> Result<String, DriverError> {
         let mut link = self.link.lock().await;
         let generation = link.generation;
         let transport = match link.transport.as_mut() {
@@ -196,10 +192,7 @@ impl Session {
             for line in lines {
                 transport.send(line).await?;
             }
-            match query {
-                Some(query) => transport.query(query).await.map(Some),
-                None => Ok(None),
-            }
+            transport.query(query).await
         }
         .await;
         if let Err(e) = &result {
