@@ -1,4 +1,4 @@
-//! The command line: `run`, `list`, `simulate`, `version`.
+//! The command line: `run`, `list`, `version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
