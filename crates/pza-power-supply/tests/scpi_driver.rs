@@ -10,7 +10,7 @@ use pza_power_supply::drivers::scpi::profile::{
 use pza_power_supply::drivers::{
     Amps, DriverFactory, DriverSettings, ErrorKind, PowerSupplyDriver, Volts,
 };
-use pza_power_supply::simulator::{ScpiSimulator, ScpiSimulatorOptions};
+use pza_power_supply::simulator::{ScpiPtySimulator, ScpiSimulator, ScpiSimulatorOptions};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -305,5 +305,44 @@ async fn the_simulator_takes_one_connection_at_a_time() {
         .expect("closed at once");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     assert_eq!(sim.refused_connections(), 1);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_rigol_over_its_serial_port_with_two_channels_on_one_port() {
+    let sim = ScpiPtySimulator::start(ScpiSimulatorOptions::new(&RIGOL_DP832))
+        .await
+        .unwrap();
+    let factory = DriverFactory::with_builtin_models();
+    let serial = |channel: u8| {
+        json!({
+            "channel": channel,
+            "serial_port": { "name": sim.path().to_str().unwrap() },
+            "baud_rate": 115200,
+            "read_timeout_ms": 500,
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    };
+    // Opened once: a second open of the port would fail (it is exclusive).
+    let mut one = driver(&factory, "dp832", &serial(1));
+    let mut three = driver(&factory, "dp832", &serial(3));
+    one.initialize().await.unwrap();
+    three.initialize().await.unwrap();
+    let (a, b) = tokio::join!(
+        one.set_voltage_setpoint(Volts(24.0)),
+        three.set_voltage_setpoint(Volts(3.3)),
+    );
+    a.unwrap();
+    b.unwrap();
+    three.set_output_enabled(true).await.unwrap();
+    assert_eq!(three.measure_voltage().await.unwrap(), Volts(3.3));
+    assert_eq!(one.voltage_setpoint().await.unwrap(), Volts(24.0));
+    assert_eq!(sim.state(1).unwrap().voltage_setpoint, 24.0);
+    let state = sim.state(3).unwrap();
+    assert_eq!((state.output_enabled, state.voltage_setpoint), (true, 3.3));
+    one.shutdown().await.unwrap();
+    three.shutdown().await.unwrap();
     sim.stop().await.unwrap();
 }

@@ -11,4 +11,4 @@ mod pty;
 pub mod scpi;
 
 pub use kd3005p::{SimulatedState, Simulator, SimulatorOptions};
-pub use scpi::{ScpiSimulator, ScpiSimulatorOptions};
+pub use scpi::{ScpiPtySimulator, ScpiSimulator, ScpiSimulatorOptions};

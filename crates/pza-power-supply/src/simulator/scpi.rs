@@ -1,5 +1,6 @@
 //! A simulated SCPI instrument on TCP, one per profile: point a runner's
-//! `tcp` at [`ScpiSimulator::addr`].
+//! `tcp` at [`ScpiSimulator::addr`]. For a model with an RS-232 port,
+//! [`ScpiPtySimulator`] serves the same instrument on a pseudo-terminal.
 //!
 //! It behaves like the instrument, as far as the driver can see:
 //! - the model's dialect (Rigol channel selection and `:APPL?`, Siglent
@@ -532,6 +533,20 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(options: &ScpiSimulatorOptions) -> Self {
+        Shared {
+            instrument: Mutex::new(Instrument::new(options)),
+            drop_window: options.drop_window,
+            online: AtomicBool::new(true),
+            busy: AtomicBool::new(false),
+            current: Mutex::new(None),
+            served: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
     fn instrument(&self) -> MutexGuard<'_, Instrument> {
         // No code panics while holding this lock, so a poisoned lock still
         // guards consistent data.
@@ -555,28 +570,10 @@ pub struct ScpiSimulator {
 impl ScpiSimulator {
     /// Binds the address and starts serving.
     pub async fn start(options: ScpiSimulatorOptions) -> io::Result<ScpiSimulator> {
-        if !(options.load_ohms.is_finite() && options.load_ohms > 0.0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "load_ohms {} must be a finite number > 0",
-                    options.load_ohms
-                ),
-            ));
-        }
+        check_load(options.load_ohms)?;
         let listener = TcpListener::bind(options.addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            instrument: Mutex::new(Instrument::new(&options)),
-            drop_window: options.drop_window,
-            online: AtomicBool::new(true),
-            busy: AtomicBool::new(false),
-            current: Mutex::new(None),
-            served: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(&options));
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept(listener, Arc::clone(&shared), stop.clone()));
         tracing::info!(%addr, model = options.profile.model, "scpi simulator started");
@@ -686,6 +683,17 @@ impl Drop for ScpiSimulator {
     }
 }
 
+fn check_load(ohms: f64) -> io::Result<()> {
+    if ohms.is_finite() && ohms > 0.0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("load_ohms {ohms} must be a finite number > 0"),
+        ))
+    }
+}
+
 fn joined(result: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
     result.unwrap_or_else(|e| Err(io::Error::other(format!("simulator task failed: {e}"))))
 }
@@ -725,11 +733,54 @@ async fn accept(
     }
 }
 
+/// Commands framed from a byte stream, and the Siglent drop window.
+#[derive(Default)]
+struct LineFeed {
+    pending: Vec<u8>,
+    last_served: Option<Instant>,
+}
+
+impl LineFeed {
+    /// Takes `bytes` received now; returns the replies to write back.
+    fn feed(&mut self, bytes: &[u8], shared: &Shared) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        // Every command framed from this read arrived now: the second of two
+        // commands sent back to back falls inside the drop window.
+        let now = Instant::now();
+        let mut replies = Vec::new();
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if !shared.drop_window.is_zero()
+                && self
+                    .last_served
+                    .is_some_and(|last| now.duration_since(last) < shared.drop_window)
+            {
+                shared.dropped.fetch_add(1, Ordering::SeqCst);
+                tracing::debug!(line = %line.trim(), "scpi simulator: command inside the drop window dropped");
+                continue;
+            }
+            self.last_served = Some(now);
+            shared.served.fetch_add(1, Ordering::SeqCst);
+            if let Some(reply) = shared.instrument().handle(&line) {
+                replies.extend_from_slice(reply.as_bytes());
+                replies.push(b'\n');
+            }
+        }
+        if self.pending.len() > MAX_LINE {
+            self.pending.clear();
+        }
+        replies
+    }
+}
+
 /// Serves one connection until it closes or is dropped.
 async fn serve(mut stream: TcpStream, shared: &Shared, token: CancellationToken) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut last_served: Option<Instant> = None;
+    let mut lines = LineFeed::default();
     let mut chunk = [0u8; 512];
     loop {
         let n = tokio::select! {
@@ -739,36 +790,85 @@ async fn serve(mut stream: TcpStream, shared: &Shared, token: CancellationToken)
         if n == 0 {
             return Ok(());
         }
-        pending.extend_from_slice(&chunk[..n]);
-        // Every command framed from this read arrived now: the second of two
-        // commands sent back to back falls inside the drop window.
-        let now = Instant::now();
-        let mut replies = Vec::new();
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            if line.trim().is_empty() {
-                continue;
-            }
-            if !shared.drop_window.is_zero()
-                && last_served.is_some_and(|last| now.duration_since(last) < shared.drop_window)
-            {
-                shared.dropped.fetch_add(1, Ordering::SeqCst);
-                tracing::debug!(line = %line.trim(), "scpi simulator: command inside the drop window dropped");
-                continue;
-            }
-            last_served = Some(now);
-            shared.served.fetch_add(1, Ordering::SeqCst);
-            if let Some(reply) = shared.instrument().handle(&line) {
-                replies.extend_from_slice(reply.as_bytes());
-                replies.push(b'\n');
-            }
-        }
-        if pending.len() > MAX_LINE {
-            pending.clear();
-        }
+        let replies = lines.feed(&chunk[..n], shared);
         if !replies.is_empty() {
             stream.write_all(&replies).await?;
+        }
+    }
+}
+
+/// A simulated instrument on a pseudo-terminal, for the models with an
+/// RS-232 port: open [`ScpiPtySimulator::path`] as the runner's
+/// `serial_port.name`. The same instrument as on TCP; the baud rate does
+/// not matter on a pty. Dropping it stops it.
+pub struct ScpiPtySimulator {
+    path: std::path::PathBuf,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl ScpiPtySimulator {
+    /// Creates the pty and starts answering on it (`options.addr` is not used).
+    pub async fn start(options: ScpiSimulatorOptions) -> io::Result<ScpiPtySimulator> {
+        check_load(options.load_ohms)?;
+        let pty = super::pty::Pty::open()?;
+        let path = pty.path().to_path_buf();
+        let shared = Arc::new(Shared::new(&options));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_pty(pty, Arc::clone(&shared), stop.clone()));
+        Ok(ScpiPtySimulator {
+            path,
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The pty's slave side, to open as the serial port.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Channel `n`'s settings now; `None` for a channel the model lacks.
+    pub fn state(&self, channel: u8) -> Option<SimulatedState> {
+        self.shared.instrument().state(channel)
+    }
+
+    /// Stops answering and closes the pty.
+    pub async fn stop(mut self) -> io::Result<()> {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(task) => joined(task.await),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ScpiPtySimulator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn serve_pty(
+    pty: super::pty::Pty,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let mut lines = LineFeed::default();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            read = pty.read(&mut chunk) => read?,
+        };
+        let replies = lines.feed(&chunk[..n], &shared);
+        if !replies.is_empty() {
+            pty.write_all(&replies).await?;
         }
     }
 }
