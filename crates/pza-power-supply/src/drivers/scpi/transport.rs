@@ -8,7 +8,8 @@
 //! - A query whose caller gave up (its future was dropped by a timeout)
 //!   still has a reply on its way. The transport counts such replies and
 //!   reads them off before the next command, so a late reply is never taken
-//!   for the answer to a later query.
+//!   for the answer to a later query; input that no query asked for is
+//!   dropped before each command, for the same reason.
 //!
 //! It is generic over the stream, so its timing is unit-tested with paused
 //! time on an in-memory pipe.
@@ -16,7 +17,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::super::DriverError;
 use super::protocol::{ProtocolError, MAX_REPLY_LEN};
@@ -103,6 +104,7 @@ impl Transport {
         if let Some(ready_at) = self.ready_at {
             sleep_until(ready_at).await;
         }
+        self.discard_stray_input().await?;
         let mut bytes = Vec::with_capacity(line.len() + self.terminator.len());
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(self.terminator.as_bytes());
@@ -120,6 +122,33 @@ impl Transport {
             Ok(Err(e)) => Err(DriverError::io(format!("{line} on {}: {e}", self.name))),
             Ok(Ok(())) => Ok(()),
         }
+    }
+
+    /// Drops input that no query asked for (an instrument answering a
+    /// command sent as a set), so it is never read as the reply to the next
+    /// query. Takes only what has arrived: it does not wait.
+    async fn discard_stray_input(&mut self) -> Result<(), DriverError> {
+        let mut stray = std::mem::take(&mut self.buffer);
+        let mut chunk = [0u8; 128];
+        loop {
+            // A zero timeout still polls the read once: what has arrived is
+            // taken, and nothing is waited for.
+            match timeout(Duration::ZERO, self.stream.read(&mut chunk)).await {
+                Err(_) => break,
+                Ok(Ok(0)) => {
+                    return Err(DriverError::io(format!(
+                        "{} closed the connection",
+                        self.name
+                    )))
+                }
+                Ok(Ok(n)) => stray.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(DriverError::io(format!("{}: {e}", self.name))),
+            }
+        }
+        if !stray.is_empty() {
+            tracing::debug!(instrument = %self.name, stray = %String::from_utf8_lossy(&stray), "unasked input discarded");
+        }
+        Ok(())
     }
 
     /// Reads one line, under the read timeout.
@@ -248,6 +277,21 @@ mod tests {
         assert!(abandoned.is_err());
         assert_eq!(transport.query("MEAS:CURR? CH1").await.unwrap(), "2.000");
         assert_eq!(device.await.unwrap(), "MEAS:CURR? CH1\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn input_no_query_asked_for_is_not_taken_for_a_reply() {
+        let (mut transport, mut instrument) = pair();
+        let device = tokio::spawn(async move {
+            receive(&mut instrument).await;
+            // An answer to the set, which the driver does not expect.
+            instrument.get_mut().write_all(b"1\n").await.unwrap();
+            receive(&mut instrument).await;
+            instrument.get_mut().write_all(b"5.000\n").await.unwrap();
+        });
+        transport.send("VOLT 5,(@1)").await.unwrap();
+        assert_eq!(transport.query("VOLT? (@1)").await.unwrap(), "5.000");
+        device.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
