@@ -271,9 +271,8 @@ impl ScpiDriver {
 impl PowerSupplyDriver for ScpiDriver {
     async fn initialize(&mut self) -> Result<(), DriverError> {
         self.verified = None;
-        if let Some(old) = self.attachment.take() {
-            drop(old);
-        }
+        // A driver initialized again lets go of its old hold first.
+        self.attachment = None;
         let (attachment, identity) = self.session.attach().await?;
         tracing::info!(
             runner = %self.runner,
