@@ -256,3 +256,32 @@ async fn another_model_at_the_address_is_refused_with_both_names() {
     server.stop().await;
     sim.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_connection_outlives_one_runners_restart() {
+    let sim = simulator(&RIGOL_DP832).await;
+    let runners = format!(
+        "{}{}",
+        runner("a", "rigol-dp832", 1, &sim, "measure_period_ms: 20"),
+        runner("b", "rigol-dp832", 2, &sim, "measure_period_ms: 20")
+    );
+    let server = TestServer::start(&runners).await;
+    let mut c = server.client().await;
+    c.subscribe("power-supply/#").await;
+    c.wait_all_status(&["a", "b"], "Running").await;
+
+    c.publish("power-supply/a/restart/cmd", r#"{"pza_id":"r"}"#)
+        .await;
+    c.wait_status("a", "Restarting").await;
+    let running = c.wait_status("a", "Running").await;
+    assert_eq!(running["restarts"], 1);
+    // Runner b measured on through a's restart, on the same connection.
+    c.wait_for("power-supply/b/measure/voltage", |_| true).await;
+    assert_eq!(
+        command(&mut c, "a", "voltage", "v", r#""voltage":"2.5""#).await["voltage"],
+        "2.500"
+    );
+    assert_eq!(sim.accepted_connections(), 1);
+    server.stop().await;
+    sim.stop().await.unwrap();
+}
