@@ -120,3 +120,25 @@ fn runners_of_one_instrument_drive_distinct_channels_with_the_same_settings() {
     )
     .unwrap();
 }
+
+#[test]
+fn the_readme_example_loads() {
+    const README: &str = include_str!("../../../README.md");
+    let section = README
+        .split("### Model `rigol-dp832` / `siglent-spd3303x` / `keysight-e36312a`")
+        .nth(1)
+        .expect("the README has the SCPI section");
+    let example = section
+        .split("```json5\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the SCPI section has a json5 example");
+    let text = format!("{{ {example} }}");
+    let config = config::parse(
+        Path::new("readme.json5"),
+        &text,
+        &DriverFactory::with_builtin_models(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.runners.len(), 4);
+}
