@@ -110,7 +110,8 @@ impl RunnersService {
                         factory.model_names().join(", ")
                     )
                 })?;
-                let manifest = model.manifest();
+                // The ranges and decimals of the channel this runner drives.
+                let manifest = &model.runner_manifest(&runner.driver_settings);
                 let policy = server_config
                     .restart
                     .merged(&runner.restart)
