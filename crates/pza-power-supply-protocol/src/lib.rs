@@ -8,9 +8,11 @@
 //! ## Layout
 //! - [`topics`]: `[<namespace>/]power-supply/<runner>/...` topic names.
 //! - [`payload`]: parsing commands strictly, formatting replies and statuses.
+//! - [`decode`]: reading what the server publishes, tolerantly (for clients).
 //! - [`ownership`]: the records that let several servers share one broker.
 //! - [`units`]: volts and amps as distinct types.
 
+pub mod decode;
 pub mod ownership;
 pub mod payload;
 pub mod topics;
