@@ -9,9 +9,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let broker = args.next().unwrap_or_else(|| "127.0.0.1:1883".into());
     let name = args.next().unwrap_or_else(|| "emulator".into());
-    let (host, port) = broker
-        .rsplit_once(':')
-        .ok_or("the broker is HOST:PORT")?;
+    let (host, port) = broker.rsplit_once(':').ok_or("the broker is HOST:PORT")?;
 
     let client = Client::connect(ClientOptions::new(host, port.parse()?)).await?;
     let psu = client.power_supply(name);

@@ -8,9 +8,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let broker = args.next().unwrap_or_else(|| "127.0.0.1:1883".into());
     let name = args.next().unwrap_or_else(|| "emulator".into());
-    let (host, port) = broker
-        .rsplit_once(':')
-        .ok_or("the broker is HOST:PORT")?;
+    let (host, port) = broker.rsplit_once(':').ok_or("the broker is HOST:PORT")?;
 
     let client = Client::connect(ClientOptions::new(host, port.parse()?)).await?;
     let mut updates = if name == "--all" {
@@ -18,7 +16,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let psu = client.power_supply(&name);
         let s = psu.snapshot().await?;
-        println!("{name}: {:?}, output {:?}, {:?} V", s.status, s.output, s.voltage);
+        println!(
+            "{name}: {:?}, output {:?}, {:?} V",
+            s.status, s.output, s.voltage
+        );
         psu.watch()
     };
     while let Some(update) = updates.next().await {

@@ -10,9 +10,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:1883".into());
-    let (host, port) = broker
-        .rsplit_once(':')
-        .ok_or("the broker is HOST:PORT")?;
+    let (host, port) = broker.rsplit_once(':').ok_or("the broker is HOST:PORT")?;
 
     let client = Client::connect(ClientOptions::new(host, port.parse()?)).await?;
     let names = client.list().await?;
