@@ -112,9 +112,10 @@ pub async fn run(args: CtlArgs, factory: &DriverFactory) -> ExitCode {
 pub fn exit_status(error: &Error) -> u8 {
     match error {
         Error::Rejected { .. } => EXIT_REFUSED,
-        Error::Timeout { .. } | Error::BrokerUnreachable { .. } | Error::UnknownDevice { .. } => {
-            EXIT_NO_ANSWER
-        }
+        Error::Timeout { .. }
+        | Error::BrokerUnreachable { .. }
+        | Error::UnknownDevice { .. }
+        | Error::ConnectionLost { .. } => EXIT_NO_ANSWER,
         _ => EXIT_ERROR,
     }
 }
