@@ -39,6 +39,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// clients cut off together do not come back in lockstep.
 const RECONNECT_JITTER: f64 = 0.5;
 
+/// The start of every `pza_id` this client makes, apart from the server's
+/// own (`srv-…`).
+pub const ID_PREFIX: &str = "cli-";
+
 /// Updates kept for a watcher that falls behind; beyond, it misses some
 /// (and counts them).
 pub(crate) const UPDATE_CAPACITY: usize = 4096;
@@ -136,7 +140,7 @@ impl Shared {
     /// A `pza_id` no other command of any client uses.
     pub(crate) fn next_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("c{}-{n}", self.id_prefix)
+        format!("{ID_PREFIX}{}-{n}", self.id_prefix)
     }
 
     pub(crate) fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
