@@ -392,3 +392,85 @@ async fn watch_all_starts_with_a_line_per_device() {
         "{first_two:?}"
     );
 }
+
+const README: &str = include_str!("../../../README.md");
+
+/// The `ctl` command lines of the README's ctl section, as argument lists
+/// after `ctl`.
+fn readme_ctl_commands() -> Vec<Vec<String>> {
+    const PREFIX: &str = "cargo run -q --release -- ctl ";
+    let section = README
+        .split("\n## ")
+        .find(|s| s.starts_with("ctl: one-shot commands"))
+        .expect("the README has a ctl section");
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix(PREFIX))
+        .map(|rest| rest.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_readme_ctl_commands_work_as_written() {
+    // The default config's runner, and the default config path under HOME:
+    // the commands carry no connection flag, as in the README.
+    let served = Served::start(r#"emulator: { model: "emulator" }"#);
+    let client = served.client().await;
+    wait_running(&client, "emulator").await;
+    let home = temp_dir("ctl-readme");
+    std::fs::create_dir_all(home.join(".panduza")).unwrap();
+    std::fs::copy(&served.config, home.join(".panduza/pza-power-supply.json5")).unwrap();
+    let command = |args: &[String]| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("ctl")
+            .args(args)
+            .env("HOME", &home)
+            .env_remove("PZA_POWER_SUPPLY_CONFIG");
+        c
+    };
+    let commands = readme_ctl_commands();
+    assert_eq!(commands.len(), 7, "{commands:?}");
+    for args in commands {
+        if args[0] == "watch" {
+            let mut child = command(&args).stdout(Stdio::piped()).spawn().unwrap();
+            let pipe = child.stdout.take().unwrap();
+            let first = tokio::task::spawn_blocking(move || {
+                BufReader::new(pipe).lines().next().and_then(Result::ok)
+            });
+            let first = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+            let first = first.expect("a first line");
+            // The measured values depend on when the last measurement was.
+            let (state, _) = first.split_once(", measured").expect("measured values");
+            assert!(README.contains(state), "README lacks {first:?}");
+            continue;
+        }
+        let out = tokio::task::spawn_blocking({
+            let mut c = command(&args);
+            move || c.output().unwrap()
+        })
+        .await
+        .unwrap();
+        let refused = args.contains(&"31".to_string());
+        assert_eq!(
+            out.status.code(),
+            Some(if refused { 2 } else { 0 }),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        let shown = if refused { stderr(&out) } else { stdout(&out) };
+        for line in shown.lines() {
+            // Measurements come every second: the value shown depends on when.
+            if line.starts_with("measured:") {
+                continue;
+            }
+            let line = match line.split_once(",\"output\"") {
+                Some((json_head, _)) if line.starts_with('{') => json_head,
+                _ => line,
+            };
+            assert!(README.contains(line), "{args:?}: README lacks {line:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(home);
+}
