@@ -130,7 +130,12 @@ async fn credentials_tls_and_a_refused_login() {
     );
     // A TLS listener spoken to without TLS never completes a connection.
     let out = output(ctl(tls, &["--timeout-ms", "500", "list"])).await;
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(home);
     let took = server.stop().await;
     assert!(took < Duration::from_secs(10));
