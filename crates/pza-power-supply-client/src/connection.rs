@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use pza_power_supply_protocol::decode::{self, Kind, Message};
 use pza_power_supply_protocol::Status;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Packet, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeFilter,
+};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,6 +58,9 @@ pub(crate) enum LinkState {
     Ready,
     /// The broker refused the connection (e.g. bad credentials).
     Refused(String),
+    /// Closed by [`Client::close`](crate::Client::close): the event loop
+    /// task has ended.
+    Closed,
 }
 
 /// How a command waiting for its reply ends.
@@ -137,6 +142,19 @@ impl Shared {
         self.link.borrow().clone()
     }
 
+    /// Waits until the event loop task has sent the MQTT `DISCONNECT` and
+    /// stopped, at most `timeout`; `false` if it did not in time.
+    pub(crate) async fn wait_closed(&self, timeout: Duration) -> bool {
+        let mut link = self.link.subscribe();
+        tokio::time::timeout(timeout, async {
+            link.wait_for(|state| *state == LinkState::Closed)
+                .await
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// A `pza_id` no other command of any client uses.
     pub(crate) fn next_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +178,7 @@ impl Shared {
                             reason: reason.clone(),
                         })
                     }
+                    LinkState::Closed => return Err(Error::Closed),
                     LinkState::Connecting { .. } => {}
                 }
                 if link.changed().await.is_err() {
@@ -184,6 +203,7 @@ impl Shared {
             }
             LinkState::Ready => "the connection was lost".into(),
             LinkState::Refused(reason) => reason,
+            LinkState::Closed => "the client was closed".into(),
         };
         Error::BrokerUnreachable {
             broker: self.broker.clone(),
@@ -316,7 +336,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Polls the event loop for ever (until aborted).
+/// Polls the event loop until the client disconnects (or the task is
+/// aborted, when the last handle goes).
 pub(crate) async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) {
     let mut delay = RECONNECT_FIRST;
     // Counts connections; the marker carries it, so that a marker from an
@@ -358,6 +379,11 @@ pub(crate) async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 } else {
                     shared.dispatch(&p.topic, &p.payload);
                 }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.link.send_replace(LinkState::Closed);
+                shared.connection_lost();
+                return;
             }
             Ok(_) => {}
             Err(e) => {

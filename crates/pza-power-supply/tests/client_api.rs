@@ -68,6 +68,9 @@ async fn every_method_reaches_the_device_and_returns_what_it_read_back() {
     .expect("back to Running after a restart");
     assert_eq!(seen.first(), Some(&Status::Restarting), "{seen:?}");
     client.close().await.unwrap();
+    // The handles made from a closed client say so.
+    assert!(matches!(psu.set_current(1.0).await, Err(Error::Closed)));
+    assert!(matches!(psu.snapshot().await, Err(Error::Closed)));
 }
 
 /// Found by the test above: after `restart/cmd`, the embedded broker may drop
