@@ -8,11 +8,13 @@
 //! ## Layout
 //! - [`topics`]: `[<namespace>/]power-supply/<runner>/...` topic names.
 //! - [`payload`]: parsing commands strictly, formatting replies and statuses.
+//! - [`decode`]: reading what the server publishes, tolerantly (for clients).
 //! - [`ids`]: the `pza_id`s the server makes for messages that answer no
 //!   command.
 //! - [`ownership`]: the records that let several servers share one broker.
 //! - [`units`]: volts and amps as distinct types.
 
+pub mod decode;
 pub mod ids;
 pub mod ownership;
 pub mod payload;

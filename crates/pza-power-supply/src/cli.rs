@@ -1,4 +1,4 @@
-//! The command line: `run`, `list`, `version`.
+//! The command line: `run`, `list`, `version`, `simulate`, `ctl`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,8 @@ pub enum Command {
     Version,
     /// Simulate a device (a KD3005P on a pty, an SCPI instrument on TCP), to run the server without hardware.
     Simulate(SimulateArgs),
+    /// One-shot commands to the power supplies of a running server.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// The devices that can be simulated.
