@@ -14,10 +14,13 @@
 //! - [`server`]: assembles the embedded broker and the runners, and shuts down.
 //! - [`simulator`]: simulated devices on pseudo-terminals (a KD3005P), to run
 //!   and test the whole stack without hardware.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`ctl`] its one-shot client commands, and
+//!   [`connect`] the `CONNECT` flags that reach a running server's broker.
 
 pub mod cli;
 pub mod config;
+pub mod connect;
+pub mod ctl;
 pub mod drivers;
 pub mod runners;
 pub mod server;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pza_power_supply::cli::{self, Cli, Command};
+use pza_power_supply::ctl;
 use pza_power_supply::drivers::DriverFactory;
 use tracing_subscriber::EnvFilter;
 
@@ -20,8 +21,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
+/// Exit status of a usage error (clap's own is 2, which `ctl` gives to a
+/// command the server refused).
+const EXIT_USAGE: u8 = 1;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version requests are not errors.
+            let code = if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+            // Nothing better to do if the terminal is gone.
+            let _ = e.print();
+            return code;
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -43,6 +61,7 @@ fn main() -> ExitCode {
         }),
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(cli::run(args, factory))),
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(cli::simulate(args))),
+        Command::Ctl(args) => runtime().map(|rt| rt.block_on(ctl::run(args, &factory))),
     };
     match outcome {
         Ok(code) => code,

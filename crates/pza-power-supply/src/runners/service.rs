@@ -41,7 +41,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{LinkEvent, MqttLink};
+use super::link::{LinkEvent, MqttLink, Readiness};
+use super::refuser::Refuser;
 use super::restart::{Decision, RestartTracker};
 use super::runner::{open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink};
 use super::SecurityLimits;
@@ -52,7 +53,7 @@ use crate::protocol::ownership::{
 };
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::{restart_command_filter, restart_command_runner};
-use crate::protocol::{Status, StatusReport, Topics};
+use crate::protocol::{InfoReport, Status, StatusReport, Topics};
 
 /// How long the supervisor waits for its last status messages to be
 /// acknowledged and its connection to close.
@@ -109,7 +110,8 @@ impl RunnersService {
                         factory.model_names().join(", ")
                     )
                 })?;
-                let manifest = model.manifest();
+                // The ranges and decimals of the channel this runner drives.
+                let manifest = &model.runner_manifest(&runner.driver_settings);
                 let policy = server_config
                     .restart
                     .merged(&runner.restart)
@@ -125,12 +127,29 @@ impl RunnersService {
                             manifest.model
                         )
                     })?;
+                let limits = SecurityLimits::resolve(&runner.limits, manifest);
+                let info = InfoReport {
+                    model: manifest.model.to_string(),
+                    // The user's words for this supply, else the model's.
+                    description: if runner.description.is_empty() {
+                        manifest.description.to_string()
+                    } else {
+                        runner.description.clone()
+                    },
+                    security_min_voltage: limits.voltage.min,
+                    security_max_voltage: limits.voltage.max,
+                    security_min_current: limits.current.min,
+                    security_max_current: limits.current.max,
+                    voltage_decimals: manifest.voltage_decimals,
+                    current_decimals: manifest.current_decimals,
+                };
                 let settings = RunnerSettings {
                     name: name.clone(),
                     client_id: String::new(),
                     endpoint: endpoint.clone(),
                     topics: Topics::new(namespace.as_deref(), name),
-                    limits: SecurityLimits::resolve(&runner.limits, manifest),
+                    limits,
+                    info,
                     voltage_decimals: manifest.voltage_decimals,
                     current_decimals: manifest.current_decimals,
                     measure_period: Duration::from_millis(runner.measure_period_ms),
@@ -154,6 +173,8 @@ impl RunnersService {
                         last_status: None,
                         first_driver: std::sync::Mutex::new(Some(driver)),
                         link: None,
+                        link_ready: None,
+                        refuser: None,
                         ownership: Ownership::Unclaimed,
                     },
                 );
@@ -261,6 +282,11 @@ struct Slot {
     /// The runner's MQTT connection, kept across crashes; `None` until the
     /// first start and after a clean end.
     link: Option<SharedLink>,
+    /// Whether that connection is subscribed now: `Running` is republished
+    /// after a broker outage only once it is.
+    link_ready: Option<Readiness>,
+    /// While `Failed`: answers the commands that reach the connection.
+    refuser: Option<Refuser>,
 }
 
 /// Whether this server instance serves a runner.
@@ -375,6 +401,10 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else {
             return Ok(());
         };
+        if let Some(refuser) = slot.refuser.take() {
+            // The connection goes back to a runner.
+            refuser.stop().await;
+        }
         slot.generation += 1;
         if restart {
             slot.restarts += 1;
@@ -384,10 +414,15 @@ impl Supervisor {
         settings.client_id = format!("{}-{name}-{}", self.instance, slot.generation);
         // A crashed runner's connection is lent to the next one: no new
         // connection, subscription and broker work per restart.
-        let link = slot
-            .link
-            .get_or_insert_with(|| open_link(&settings))
-            .clone();
+        let link = match &slot.link {
+            Some(link) => link.clone(),
+            None => {
+                let (link, readiness) = open_link(&settings);
+                slot.link = Some(link.clone());
+                slot.link_ready = Some(readiness);
+                link
+            }
+        };
         let control = RunnerControl {
             stop: stop.clone(),
             shutdown: self.shutdown.clone(),
@@ -455,11 +490,16 @@ impl Supervisor {
             return;
         };
         slot.stop = None;
-        if matches!(ending, Ending::Clean) {
-            // A runner that ends cleanly closes its connection.
-            slot.link = None;
-        }
         let restart_requested = std::mem::take(&mut slot.restart_requested);
+        if matches!(ending, Ending::Clean) && !restart_requested {
+            // A runner that ends for good gives up its connection. One
+            // stopped by the supervisor left it open (it may have been for a
+            // restart), so it is closed here, off the supervisor's loop.
+            if let Some(link) = slot.link.take() {
+                tokio::spawn(async move { link.lock().await.shut(CLOSE_TIMEOUT).await });
+            }
+            slot.link_ready = None;
+        }
         if !matches!(slot.ownership, Ownership::Owned(_)) {
             tracing::info!(runner = %name, "runner stopped: another server instance serves it");
             slot.state = SlotState::Stopped;
@@ -508,6 +548,9 @@ impl Supervisor {
             Decision::GiveUp => {
                 tracing::error!(runner = name, restarts = slot.tracker.consecutive(), cause = %cause, "runner crashed; restart policy gave up");
                 slot.state = SlotState::Failed;
+                if let Some(link) = &slot.link {
+                    slot.refuser = Some(Refuser::start(link.clone(), slot.settings.topics.clone()));
+                }
                 let report = self.status(name, Status::Failed);
                 self.publish_status(name, report).await;
             }
@@ -519,6 +562,16 @@ impl Supervisor {
             return;
         };
         if slot.generation != report.generation || !matches!(slot.state, SlotState::Live) {
+            return;
+        }
+        if report.reconnected {
+            // Subscribed again after an outage: say `Running` again (the
+            // broker may have lost it), unless the runner is not running.
+            let last = slot.last_status.clone();
+            if let Some(mut last) = last.filter(|r| r.status == Status::Running) {
+                last.pza_id = None;
+                self.publish_status(&report.runner, last).await;
+            }
             return;
         }
         slot.tracker.running(Instant::now());
@@ -554,11 +607,26 @@ impl Supervisor {
                 }
                 if !first {
                     // The broker may have lost its retained messages: say
-                    // again where every runner stands.
+                    // again where every runner stands. `Running` means the
+                    // runner takes commands: a runner whose own connection
+                    // is not subscribed again yet says it itself, once it is
+                    // (see `on_running`), lest a command sent on seeing
+                    // `Running` reach no subscriber.
                     let statuses: Vec<(String, StatusReport)> = self
                         .slots
                         .iter()
-                        .filter_map(|(name, s)| s.last_status.clone().map(|r| (name.clone(), r)))
+                        .filter(|(_, s)| {
+                            s.last_status
+                                .as_ref()
+                                .is_some_and(|r| r.status != Status::Running)
+                                || s.link_ready.as_ref().is_some_and(Readiness::is_ready)
+                        })
+                        .filter_map(|(name, s)| {
+                            // Said again, it answers no command.
+                            let mut report = s.last_status.clone()?;
+                            report.pza_id = None;
+                            Some((name.clone(), report))
+                        })
                         .collect();
                     for (name, report) in statuses {
                         self.publish_status(&name, report).await;
@@ -754,6 +822,10 @@ impl Supervisor {
             return;
         };
         let was_owned = matches!(slot.ownership, Ownership::Owned(_));
+        if let Some(refuser) = slot.refuser.take() {
+            // The runner's commands are the other server's to answer now.
+            refuser.stop().await;
+        }
         slot.ownership = Ownership::Conflict {
             owner: owner.to_string(),
         };
@@ -917,6 +989,9 @@ impl Supervisor {
         self.release().await;
         // Connections left by runners that crashed and were not restarted.
         for slot in self.slots.values_mut() {
+            if let Some(refuser) = slot.refuser.take() {
+                refuser.stop().await;
+            }
             if let Some(link) = slot.link.take() {
                 link.lock().await.shut(CLOSE_TIMEOUT).await;
             }
