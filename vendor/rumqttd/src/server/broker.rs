@@ -560,7 +560,11 @@ async fn remote<P: Protocol>(
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        // pza-power-supply patch: the earlier connection's task may be gone
+        // (its link failed to start, say) and its receiver with it; there is
+        // then no one to tell, which is no reason to panic this connection's
+        // task and leave the client without a CONNACK.
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
