@@ -54,12 +54,22 @@ pub(crate) enum LinkState {
     Refused(String),
 }
 
+/// How a command waiting for its reply ends.
+enum Answer {
+    Reply(Message),
+    /// The message on `P/error`.
+    Refused(String),
+    /// The connection dropped: the broker does not keep replies for a
+    /// client that is away (clean sessions), so none will come.
+    Lost,
+}
+
 /// A command waiting for its reply.
 struct Pending {
     runner: String,
     /// The topic its reply comes on (besides `P/error`).
     expect: Kind,
-    reply: oneshot::Sender<Result<Message, String>>,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// What the handles and the event loop task share.
@@ -215,8 +225,11 @@ impl Shared {
             .publish(topic, QoS::AtLeastOnce, false, bytes)
             .await?;
         match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(Ok(message))) => Ok(message),
-            Ok(Ok(Err(message))) => Err(Error::Rejected { message }),
+            Ok(Ok(Answer::Reply(message))) => Ok(message),
+            Ok(Ok(Answer::Refused(message))) => Err(Error::Rejected { message }),
+            Ok(Ok(Answer::Lost)) => Err(Error::ConnectionLost {
+                device: runner.to_owned(),
+            }),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) if self.link_state() != LinkState::Ready => Err(self.unreachable(timeout)),
             Err(_) => Err(Error::Timeout {
@@ -252,8 +265,8 @@ impl Shared {
         });
         let answer = waiting.map(|p| {
             let answer = match &decoded.message {
-                Message::Error { message } => Err(message.clone()),
-                other => Ok(other.clone()),
+                Message::Error { message } => Answer::Refused(message.clone()),
+                other => Answer::Reply(other.clone()),
             };
             (p, answer)
         });
@@ -266,6 +279,15 @@ impl Shared {
         }
         // No watcher is not an error.
         let _ = self.updates.send(update);
+    }
+
+    /// The connection dropped: every command waiting ends now rather than
+    /// at its deadline.
+    fn connection_lost(&self) {
+        for (_, pending) in lock(&self.pending).drain() {
+            // The caller may have given up meanwhile.
+            let _ = pending.reply.send(Answer::Lost);
+        }
     }
 }
 
@@ -345,6 +367,7 @@ pub(crate) async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 };
                 tracing::debug!("connection to {}: {e}", shared.broker);
                 shared.link.send_replace(state);
+                shared.connection_lost();
                 let jitter = 1.0 - RECONNECT_JITTER * rand::random::<f64>();
                 tokio::time::sleep(delay.mul_f64(jitter)).await;
                 delay = (delay * 2).min(RECONNECT_MAX);

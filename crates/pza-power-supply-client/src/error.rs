@@ -24,6 +24,11 @@ pub enum Error {
         last_status: Option<Status>,
     },
 
+    /// The connection to the broker dropped while the command waited for its
+    /// reply: it may or may not have been applied.
+    #[error("the connection to the broker was lost while waiting for the answer of power supply `{device}` (the command may or may not have been applied)")]
+    ConnectionLost { device: String },
+
     /// No connection to the broker within the time allowed.
     #[error("broker {broker} did not answer within {} ms ({cause})", after.as_millis())]
     BrokerUnreachable {

@@ -47,7 +47,6 @@ pub use client::Client;
 pub use error::{Error, Result};
 pub use options::{ClientOptions, TlsFiles, DEFAULT_TIMEOUT};
 pub use power_supply::{Measurement, PowerSupply};
-pub use pza_power_supply_protocol::decode::Info;
-pub use pza_power_supply_protocol::{Status, StatusReport};
+pub use pza_power_supply_protocol::{InfoReport, Status, StatusReport};
 pub use state::{Change, Snapshot, Update};
 pub use watch::Watch;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use pza_power_supply_protocol::decode::{Decoded, Info, Message};
-use pza_power_supply_protocol::{Status, StatusReport};
+use pza_power_supply_protocol::decode::{Decoded, Message};
+use pza_power_supply_protocol::{InfoReport, Status, StatusReport};
 
 /// The latest known state of one power supply. Setpoints are the values read
 /// back by the server; measured values are what the device last measured.
@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub measured_voltage: Option<f64>,
     pub measured_current: Option<f64>,
     /// Model, description, security limits and decimals.
-    pub info: Option<Info>,
+    pub info: Option<InfoReport>,
     /// The last message the server published on `P/error` for it.
     pub last_error: Option<String>,
 }
@@ -47,7 +47,7 @@ pub enum Change {
         voltage: f64,
         current: f64,
     },
-    Info(Info),
+    Info(InfoReport),
     /// A message on `P/error` (a refused command, a clamp at start-up…).
     Error(String),
 }

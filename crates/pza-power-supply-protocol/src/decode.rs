@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::payload::{Status, StatusReport};
+use crate::payload::{InfoReport, Status, StatusReport};
 use crate::topics::ROOT;
 
 /// The server-to-client topics of one runner.
@@ -92,21 +92,6 @@ fn namespace_prefix(namespace: Option<&str>) -> String {
     }
 }
 
-/// `P/info`: what the runner drives and the limits it enforces.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Info {
-    pub model: String,
-    pub description: String,
-    pub security_min_voltage: f64,
-    pub security_max_voltage: f64,
-    pub security_min_current: f64,
-    pub security_max_current: f64,
-    /// Decimals of the voltage values the runner publishes.
-    pub voltage_decimals: u32,
-    /// Decimals of the current values the runner publishes.
-    pub current_decimals: u32,
-}
-
 /// A decoded server-to-client message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -114,7 +99,7 @@ pub enum Message {
     Error {
         message: String,
     },
-    Info(Info),
+    Info(InfoReport),
     /// The output, `true` for `ON`.
     State(bool),
     Voltage(f64),
@@ -220,15 +205,15 @@ fn status(object: &Map<String, Value>, pza_id: Option<String>) -> Result<StatusR
     })
 }
 
-fn info(object: &Map<String, Value>) -> Result<Info, String> {
-    let decimals = |name: &str| -> Result<u32, String> {
+fn info(object: &Map<String, Value>) -> Result<InfoReport, String> {
+    let decimals = |name: &str| -> Result<usize, String> {
         object
             .get(name)
             .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
+            .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| format!("`{name}` is missing or not a count"))
     };
-    Ok(Info {
+    Ok(InfoReport {
         model: string(object, "model")?,
         description: object
             .get("description")
@@ -351,6 +336,55 @@ mod tests {
         assert_eq!(info.model, "emulator");
         assert_eq!(info.security_max_voltage, 30.0);
         assert_eq!(info.current_decimals, 3);
+    }
+
+    #[test]
+    fn what_the_server_encodes_decodes_to_the_same() {
+        use crate::payload::{measure_reply, state_reply, value_reply, Measurement};
+        use crate::units::{Amps, Volts};
+
+        let info = InfoReport {
+            model: "kd3005p".into(),
+            description: "bench".into(),
+            security_min_voltage: 0.5,
+            security_max_voltage: 12.0,
+            security_min_current: 0.0,
+            security_max_current: 1.5,
+            voltage_decimals: 2,
+            current_decimals: 3,
+        };
+        let d = decode(Kind::Info, &info.to_payload()).unwrap();
+        assert_eq!(d.message, Message::Info(info));
+        assert!(d.pza_id.is_some(), "the server makes a fresh id");
+
+        let mut report = StatusReport::new(Status::Restarting, 3);
+        report.pza_id = Some("r-1".into());
+        report.panic_message = Some("boom".into());
+        report.next_restart_ms = Some(250);
+        let d = decode(Kind::Status, &report.to_payload()).unwrap();
+        assert_eq!(d.message, Message::Status(report));
+
+        let d = decode(Kind::Voltage, &value_reply(Some("v"), "voltage", 5.0, 2)).unwrap();
+        assert_eq!(
+            (d.pza_id.as_deref(), d.message),
+            (Some("v"), Message::Voltage(5.0))
+        );
+        let d = decode(Kind::State, &state_reply(Some("s"), false)).unwrap();
+        assert_eq!(d.message, Message::State(false));
+        let m = Measurement {
+            voltage: Volts(4.98),
+            current: Amps(0.12),
+            voltage_decimals: 2,
+            current_decimals: 3,
+        };
+        let d = decode(Kind::Measure, &measure_reply(Some("m"), &m)).unwrap();
+        assert_eq!(
+            d.message,
+            Message::Measure {
+                voltage: 4.98,
+                current: 0.12
+            }
+        );
     }
 
     #[test]

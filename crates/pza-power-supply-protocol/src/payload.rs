@@ -1,12 +1,17 @@
 //! JSON payloads: parsing commands (strictly, with one clear message per
 //! rejection) and formatting replies and statuses.
+//!
+//! Every payload built here carries `pza_id` as a JSON string: the command's
+//! id for a reply, a fresh server-made one ([`crate::ids`]) otherwise.
 
+use std::cell::RefCell;
 use std::fmt;
 
-use serde::de::{MapAccess, Visitor};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::{json, Value};
 
 use super::Attribute;
+use crate::ids::or_fresh;
 use crate::units::{Amps, Volts};
 
 /// A valid command, before the security limits are checked.
@@ -97,11 +102,14 @@ fn parse_fields(
     }) {
         Ok(Fields(fields)) => fields,
         Err(e) if e.is_data() => {
-            return Err(Rejection::new(None, "payload must be a JSON object"));
+            return Err(Rejection::new(
+                recover_pza_id(text),
+                "payload must be a JSON object",
+            ));
         }
         Err(e) => {
             return Err(Rejection::new(
-                None,
+                recover_pza_id(text),
                 format!("payload is not valid JSON: {e}"),
             ))
         }
@@ -144,6 +152,39 @@ fn parse_fields(
         }
     }
     Ok((pza_id, fields))
+}
+
+/// The first string `pza_id` of a payload that could not be read whole (a
+/// number out of range such as `1e400`, a broken value after the id), so
+/// that its rejection still reaches its sender. Values are skipped without
+/// being converted, and the id found before a syntax error is kept.
+fn recover_pza_id(text: &str) -> Option<String> {
+    struct Scan<'a>(&'a RefCell<Option<String>>);
+
+    impl<'de> Visitor<'de> for Scan<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "pza_id" && self.0.borrow().is_none() {
+                    if let Value::String(id) = map.next_value::<Value>()? {
+                        *self.0.borrow_mut() = Some(id);
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let found = RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    // The error is the one already reported; only the id matters here.
+    let _ = serde::Deserializer::deserialize_map(&mut deserializer, Scan(&found));
+    found.into_inner()
 }
 
 /// A key as it can be quoted in a one-line message.
@@ -212,6 +253,19 @@ pub fn parse_restart(payload: &[u8]) -> Result<Option<String>, Rejection> {
     parse_fields(payload, &[]).map(|(pza_id, _)| pza_id)
 }
 
+/// Parses a measure command (`P/measure/cmd`): `{"pza_id": "..."}`.
+/// Returns its `pza_id`.
+pub fn parse_measure(payload: &[u8]) -> Result<Option<String>, Rejection> {
+    parse_fields(payload, &[]).map(|(pza_id, _)| pza_id)
+}
+
+/// The `pza_id` of a command payload, whatever else is wrong with it: the
+/// id a "not applied" answer carries.
+pub fn command_id(payload: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(payload).ok()?;
+    recover_pza_id(text)
+}
+
 /// A finite number from a JSON number or a string holding a plain decimal
 /// (`5`, `5.0`, `-0.5`, `.5`); `-0` becomes `0`.
 fn number(name: &str, value: &Value) -> Result<f64, String> {
@@ -267,9 +321,11 @@ pub fn format_value(value: f64, decimals: usize) -> String {
     }
 }
 
-/// `{"pza_id", "state": "ON"|"OFF"}`.
+/// `{"pza_id", "state": "ON"|"OFF"}`. For every reply builder, `pza_id` is
+/// the command's id, `None` for a message that answers no command (a fresh
+/// server-made id is used then).
 pub fn state_reply(pza_id: Option<&str>, enabled: bool) -> Vec<u8> {
-    json!({"pza_id": pza_id, "state": if enabled { "ON" } else { "OFF" }})
+    json!({"pza_id": or_fresh(pza_id), "state": if enabled { "ON" } else { "OFF" }})
         .to_string()
         .into_bytes()
 }
@@ -277,16 +333,69 @@ pub fn state_reply(pza_id: Option<&str>, enabled: bool) -> Vec<u8> {
 /// `{"pza_id", "<field>": "<value with decimals>"}`, for setpoints and measurements.
 pub fn value_reply(pza_id: Option<&str>, field: &str, value: f64, decimals: usize) -> Vec<u8> {
     let mut object = serde_json::Map::new();
-    object.insert("pza_id".into(), json!(pza_id));
+    object.insert("pza_id".into(), json!(or_fresh(pza_id)));
     object.insert(field.into(), Value::String(format_value(value, decimals)));
     Value::Object(object).to_string().into_bytes()
 }
 
+/// Both measured values, formatted like the `P/measure/*` topics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    pub voltage: Volts,
+    pub current: Amps,
+    pub voltage_decimals: usize,
+    pub current_decimals: usize,
+}
+
+/// `{"pza_id", "voltage", "current"}`: the one reply to `P/measure/cmd`.
+pub fn measure_reply(pza_id: Option<&str>, measurement: &Measurement) -> Vec<u8> {
+    json!({
+        "pza_id": or_fresh(pza_id),
+        "voltage": format_value(measurement.voltage.0, measurement.voltage_decimals),
+        "current": format_value(measurement.current.0, measurement.current_decimals),
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// `{"pza_id", "message"}`.
 pub fn error_reply(pza_id: Option<&str>, message: &str) -> Vec<u8> {
-    json!({"pza_id": pza_id, "message": message})
+    json!({"pza_id": or_fresh(pza_id), "message": message})
         .to_string()
         .into_bytes()
+}
+
+/// What `P/info` tells about a runner (retained): what it is and the
+/// limits it enforces, so that clients can show and explain them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfoReport {
+    pub model: String,
+    pub description: String,
+    pub security_min_voltage: f64,
+    pub security_max_voltage: f64,
+    pub security_min_current: f64,
+    pub security_max_current: f64,
+    pub voltage_decimals: usize,
+    pub current_decimals: usize,
+}
+
+impl InfoReport {
+    /// The payload, limits as JSON numbers, with a fresh server-made `pza_id`.
+    pub fn to_payload(&self) -> Vec<u8> {
+        json!({
+            "pza_id": or_fresh(None),
+            "model": self.model,
+            "description": self.description,
+            "security_min_voltage": self.security_min_voltage,
+            "security_max_voltage": self.security_max_voltage,
+            "security_min_current": self.security_min_current,
+            "security_max_current": self.security_max_current,
+            "voltage_decimals": self.voltage_decimals,
+            "current_decimals": self.current_decimals,
+        })
+        .to_string()
+        .into_bytes()
+    }
 }
 
 /// The lifecycle of a runner, as published on `P/status`.
@@ -322,6 +431,8 @@ impl fmt::Display for Status {
 /// One `P/status` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusReport {
+    /// The restart command's id for its reply; `None` for every other
+    /// status, which gets a fresh server-made id when it is published.
     pub pza_id: Option<String>,
     pub status: Status,
     pub panic_message: Option<String>,
@@ -342,7 +453,7 @@ impl StatusReport {
 
     pub fn to_payload(&self) -> Vec<u8> {
         let mut object = serde_json::Map::new();
-        object.insert("pza_id".into(), json!(self.pza_id));
+        object.insert("pza_id".into(), json!(or_fresh(self.pza_id.as_deref())));
         object.insert("status".into(), json!(self.status.as_str()));
         if let Some(message) = &self.panic_message {
             object.insert("panic_message".into(), json!(message));
@@ -431,10 +542,9 @@ mod tests {
             voltage(&long).unwrap_err().message,
             "field `voltage`: value is not a finite number"
         );
-        assert!(voltage(r#"{"pza_id":"a","voltage":1e309}"#)
-            .unwrap_err()
-            .message
-            .starts_with("payload is not valid JSON"));
+        let overflow = voltage(r#"{"pza_id":"a","voltage":1e309}"#).unwrap_err();
+        assert!(overflow.message.starts_with("payload is not valid JSON"));
+        assert_eq!(overflow.pza_id.as_deref(), Some("a"));
         assert!(voltage(r#"{"pza_id":"a","#)
             .unwrap_err()
             .message
@@ -450,6 +560,81 @@ mod tests {
             .unwrap_err()
             .message
             .starts_with("payload is not valid JSON"));
+    }
+
+    /// The id is recovered from any object holding a string `pza_id`,
+    /// wherever the unreadable part lies.
+    #[test]
+    fn the_id_survives_an_unreadable_field() {
+        for (payload, expected) in [
+            (r#"{"pza_id":"h5","voltage":1e400}"#, Some("h5")),
+            (r#"{"voltage":1e400,"pza_id":"h6"}"#, Some("h6")),
+            (
+                r#"{"voltage":-1e400,"x":[1,{"y":1e999}],"pza_id":"h7"}"#,
+                Some("h7"),
+            ),
+            (r#"{"pza_id":"h8","voltage":"#, Some("h8")),
+            (r#"{"pza_id":"h9","voltage":1} trailing"#, Some("h9")),
+            (r#"{"pza_id":1e400,"voltage":1e400}"#, None),
+            (r#"{"voltage":1e400}"#, None),
+            (r#"["pza_id","h10"]"#, None),
+        ] {
+            assert_eq!(
+                voltage(payload).unwrap_err().pza_id.as_deref(),
+                expected,
+                "{payload}"
+            );
+            assert_eq!(
+                command_id(payload.as_bytes()).as_deref(),
+                expected,
+                "{payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn measure_payload() {
+        assert_eq!(
+            parse_measure(br#"{"pza_id":"m"}"#).unwrap(),
+            Some("m".into())
+        );
+        let bad = parse_measure(br#"{"pza_id":"m","voltage":1}"#).unwrap_err();
+        assert_eq!(bad.pza_id.as_deref(), Some("m"));
+        assert_eq!(bad.message, "unknown field `voltage` (expected: pza_id)");
+        let m = Measurement {
+            voltage: Volts(4.981),
+            current: Amps(0.12),
+            voltage_decimals: 2,
+            current_decimals: 3,
+        };
+        assert_eq!(
+            String::from_utf8(measure_reply(Some("m"), &m)).unwrap(),
+            r#"{"pza_id":"m","voltage":"4.98","current":"0.120"}"#
+        );
+    }
+
+    #[test]
+    fn info_payload_has_numbers_and_a_string_id() {
+        let info = InfoReport {
+            model: "kd3005p".into(),
+            description: "Korad KD3005P".into(),
+            security_min_voltage: 0.0,
+            security_max_voltage: 12.5,
+            security_min_current: 0.0,
+            security_max_current: 3.0,
+            voltage_decimals: 2,
+            current_decimals: 3,
+        };
+        let v: Value = serde_json::from_slice(&info.to_payload()).unwrap();
+        assert!(v["pza_id"]
+            .as_str()
+            .unwrap()
+            .starts_with(crate::ids::SERVER_ID_PREFIX));
+        assert_eq!(v["security_max_voltage"], json!(12.5));
+        assert_eq!(v["security_max_current"], json!(3.0));
+        assert_eq!(v["voltage_decimals"], json!(2));
+        assert_eq!(v["model"], json!("kd3005p"));
+        assert_eq!(v.as_object().unwrap().len(), 9);
     }
 
     #[test]
@@ -472,18 +657,29 @@ mod tests {
             String::from_utf8(value_reply(Some("a1"), "voltage", 5.0, 2)).unwrap(),
             r#"{"pza_id":"a1","voltage":"5.00"}"#
         );
-        assert_eq!(
-            String::from_utf8(state_reply(None, true)).unwrap(),
-            r#"{"pza_id":null,"state":"ON"}"#
+        let state: Value = serde_json::from_slice(&state_reply(None, true)).unwrap();
+        assert!(
+            state["pza_id"].as_str().unwrap().starts_with("srv-"),
+            "{state}"
         );
+        assert_eq!(state["state"], "ON");
+        let error: Value = serde_json::from_slice(&error_reply(None, "x")).unwrap();
+        assert!(error["pza_id"].is_string(), "{error}");
         assert_eq!(format_value(-0.0001, 3), "0.000");
         assert_eq!(format_value(-1.5, 1), "-1.5");
         let mut report = StatusReport::new(Status::Restarting, 2);
         report.next_restart_ms = Some(400);
         report.panic_message = Some("boom".into());
+        report.pza_id = Some("r1".into());
         assert_eq!(
             String::from_utf8(report.to_payload()).unwrap(),
-            r#"{"pza_id":null,"status":"Restarting","panic_message":"boom","restarts":2,"next_restart_ms":400}"#
+            r#"{"pza_id":"r1","status":"Restarting","panic_message":"boom","restarts":2,"next_restart_ms":400}"#
+        );
+        report.pza_id = None;
+        let fresh: Value = serde_json::from_slice(&report.to_payload()).unwrap();
+        assert!(
+            fresh["pza_id"].as_str().unwrap().starts_with("srv-"),
+            "{fresh}"
         );
     }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use pza_power_supply_client::{Change, Client, Error, Info, Snapshot, Update};
+use pza_power_supply_client::{Change, Client, Error, InfoReport as Info, Snapshot, Update};
 use serde_json::{json, Map, Value};
 
 use crate::connect::{self, ConnectArgs, Environment};
@@ -112,9 +112,10 @@ pub async fn run(args: CtlArgs, factory: &DriverFactory) -> ExitCode {
 pub fn exit_status(error: &Error) -> u8 {
     match error {
         Error::Rejected { .. } => EXIT_REFUSED,
-        Error::Timeout { .. } | Error::BrokerUnreachable { .. } | Error::UnknownDevice { .. } => {
-            EXIT_NO_ANSWER
-        }
+        Error::Timeout { .. }
+        | Error::BrokerUnreachable { .. }
+        | Error::UnknownDevice { .. }
+        | Error::ConnectionLost { .. } => EXIT_NO_ANSWER,
         _ => EXIT_ERROR,
     }
 }
@@ -215,7 +216,7 @@ async fn set(client: &Client, args: SetArgs, json: bool) -> Result<(), Error> {
         .await
         .ok()
         .and_then(|s| s.info)
-        .map(|i| (i.voltage_decimals as usize, i.current_decimals as usize))
+        .map(|i| (i.voltage_decimals, i.current_decimals))
         .unwrap_or((DEFAULT_VOLTAGE_DECIMALS, DEFAULT_CURRENT_DECIMALS));
     if args.output == Some(OnOff::Off) {
         let on = psu.disable_output().await?;
@@ -303,7 +304,7 @@ fn on_off(on: bool) -> &'static str {
 
 fn decimals(info: Option<&Info>) -> (usize, usize) {
     info.map_or((DEFAULT_VOLTAGE_DECIMALS, DEFAULT_CURRENT_DECIMALS), |i| {
-        (i.voltage_decimals as usize, i.current_decimals as usize)
+        (i.voltage_decimals, i.current_decimals)
     })
 }
 

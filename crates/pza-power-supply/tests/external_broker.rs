@@ -7,7 +7,7 @@ mod mosquitto;
 
 use std::time::Duration;
 
-use common::{Client, Message, WAIT};
+use common::{is_server_id, Client, Message, WAIT};
 use mosquitto::{ExternalServer, Listener, Mosquitto, TestCerts};
 use serde_json::{json, Value};
 
@@ -40,6 +40,7 @@ async fn retained(port: u16, filter: &str) -> Vec<Message> {
 }
 
 /// Waits until every `(topic, payload)` of `expected` was seen, in any order.
+/// A `pza_id` of `"srv"` in `expected` stands for any server-made id.
 async fn wait_all(c: &mut Client, mut expected: Vec<(String, Value)>) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !expected.is_empty() {
@@ -47,7 +48,10 @@ async fn wait_all(c: &mut Client, mut expected: Vec<(String, Value)>) {
             .next_before(deadline)
             .await
             .unwrap_or_else(|| panic!("not seen within {WAIT:?}: {expected:?}"));
-        if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+        if let Ok(mut v) = serde_json::from_slice::<Value>(&m.payload) {
+            if is_server_id(&v["pza_id"]) {
+                v["pza_id"] = json!("srv");
+            }
             expected.retain(|(topic, payload)| !(*topic == m.topic && *payload == v));
         }
     }
@@ -278,11 +282,11 @@ async fn after_a_broker_outage_every_runner_comes_back_without_a_restart() {
         // Running, and no restart counted: an outage is not a crash.
         expected.push((
             format!("power-supply/{name}/status"),
-            json!({"pza_id": null, "status": "Running", "restarts": 0}),
+            json!({"pza_id": "srv", "status": "Running", "restarts": 0}),
         ));
         expected.push((
             format!("power-supply/{name}/voltage"),
-            json!({"pza_id": null, "voltage": format!("{i}.50")}),
+            json!({"pza_id": "srv", "voltage": format!("{i}.50")}),
         ));
     }
     wait_all(&mut c, expected).await;
@@ -296,6 +300,59 @@ async fn after_a_broker_outage_every_runner_comes_back_without_a_restart() {
     let late = retained(broker.port(), "power-supply/+/status").await;
     assert_eq!(late.len(), N, "{late:?}");
     assert!(late.iter().all(|m| m.json()["status"] == "Running"));
+    server.stop().await;
+}
+
+/// Rounds of broker restarts: `Running` after an outage is a promise that
+/// the runner takes commands, so a command sent the moment it is seen must
+/// be answered, every time.
+const OUTAGE_ROUNDS: usize = 12;
+
+/// After each broker restart, a client waits for both runners' `Running`
+/// and sends each a command at once: every command gets its reply.
+#[tokio::test]
+async fn running_after_an_outage_means_the_runner_takes_commands() {
+    let mut broker = Mosquitto::plain().await;
+    let names = ["a", "b"];
+    let server = ExternalServer::start(broker.port(), "", &runners(&names, EMU), "").await;
+    {
+        let mut c = Client::connect(broker.port()).await;
+        c.subscribe("power-supply/+/status").await;
+        c.wait_all_status(&names, "Running").await;
+    }
+    for round in 0..OUTAGE_ROUNDS {
+        broker.restart().await;
+        let mut c = Client::connect(broker.port()).await;
+        c.subscribe("power-supply/+/status").await;
+        c.subscribe("power-supply/+/voltage").await;
+        c.subscribe("power-supply/+/error").await;
+        c.wait_all_status(&names, "Running").await;
+        for name in names {
+            c.publish(
+                &format!("power-supply/{name}/voltage/cmd"),
+                format!(r#"{{"pza_id":"{name}{round}","voltage":"{round}"}}"#),
+            )
+            .await;
+        }
+        // Replies in any order: each id answered once.
+        let mut waiting: Vec<String> = names.iter().map(|n| format!("{n}{round}")).collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !waiting.is_empty() {
+            let m = c.next_before(deadline).await.unwrap_or_else(|| {
+                panic!("round {round}: no reply for {waiting:?} within {WAIT:?}")
+            });
+            let v = m.json();
+            if let Some(i) = waiting.iter().position(|id| v["pza_id"] == id.as_str()) {
+                assert_eq!(
+                    v["voltage"],
+                    format!("{round}.00"),
+                    "round {round}: {} {v}",
+                    m.topic
+                );
+                waiting.remove(i);
+            }
+        }
+    }
     server.stop().await;
 }
 

@@ -204,3 +204,57 @@ async fn a_silent_device_times_out_restarts_and_comes_back_on_the_same_path() {
     server.stop().await;
     sim.stop().await.unwrap();
 }
+
+/// Commands sent one after another while the runner measures: each waits
+/// behind at most one device request of a measurement. Counted on the
+/// simulator: the requests it served between a command's publish and its
+/// reply are the command's own plus at most one (the measurement request in
+/// progress). The default 80 ms pacing keeps the next request from being
+/// served before the counter is read at the reply.
+#[tokio::test]
+async fn a_command_waits_behind_at_most_one_measurement_request() {
+    /// A measurement (two steps) every 1.5 s, a command every ~250 ms:
+    /// some commands meet a step, most do not.
+    const COMMANDS: usize = 24;
+    let sim = Simulator::start(SimulatorOptions::default())
+        .await
+        .expect("simulator starts");
+    let server = TestServer::start(&format!(
+        r#"bench: {{ model: "kd3005p", serial_port: {{ name: "{}" }}, measure_period_ms: 1500 }}"#,
+        sim.path().display()
+    ))
+    .await;
+    let mut c = running_client(&server, "bench").await;
+    // Not counted: it meets the first measurement, due at once, and the
+    // start-up.
+    c.publish(
+        "power-supply/bench/voltage/cmd",
+        r#"{"pza_id":"warm-up","voltage":"1"}"#,
+    )
+    .await;
+    c.wait_reply("warm-up").await;
+    let mut served = Vec::with_capacity(COMMANDS);
+    for i in 0..COMMANDS {
+        let id = format!("w{i}");
+        let before = sim.served_requests();
+        c.publish(
+            "power-supply/bench/voltage/cmd",
+            format!(r#"{{"pza_id":"{id}","voltage":"{}"}}"#, 1 + i),
+        )
+        .await;
+        c.wait_reply(&id).await;
+        served.push(sim.served_requests() - before);
+    }
+    let own = *served.iter().min().expect("commands were sent");
+    let waited: Vec<u64> = served.iter().map(|n| n - own).collect();
+    assert!(
+        waited.iter().all(|&n| n <= 1),
+        "requests waited behind, per command: {waited:?}"
+    );
+    assert!(
+        waited.contains(&1),
+        "no command met a measurement, the test proved nothing: {waited:?}"
+    );
+    server.stop().await;
+    sim.stop().await.expect("simulator stops");
+}

@@ -57,7 +57,7 @@ fn shell_words(line: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_readme_examples_work_against_the_default_config() {
     let commands = readme_commands();
-    assert_eq!(commands.len(), 5, "{commands:?}");
+    assert_eq!(commands.len(), 6, "{commands:?}");
     if Command::new("mosquitto_pub")
         .arg("--help")
         .output()
@@ -107,8 +107,13 @@ async fn the_readme_examples_work_against_the_default_config() {
         ),
         (
             "a5",
+            "power-supply/emulator/measure",
+            r#"{"pza_id":"a5","voltage":"5.00","current":"0.500"}"#,
+        ),
+        (
+            "a6",
             "power-supply/emulator/status",
-            r#"{"pza_id":"a5","status":"Restarting","restarts":0,"next_restart_ms":0}"#,
+            r#"{"pza_id":"a6","status":"Restarting","restarts":0,"next_restart_ms":0}"#,
         ),
     ];
     for (words, (id, topic, payload)) in commands.into_iter().zip(expected) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{running_client, Client, TestServer, WAIT};
+use common::{running_client, server_made, Client, Message, TestServer, WAIT};
 use serde_json::{json, Value};
 
 /// Collects the statuses of `runner` until one equals `last`.
@@ -61,8 +61,8 @@ async fn a_panic_restarts_the_runner_and_commands_work_again() {
     );
     assert_eq!(seen[1]["next_restart_ms"], 20);
     assert_eq!(
-        seen[3],
-        json!({"pza_id": null, "status": "Running", "restarts": 1})
+        server_made(seen[3].clone()),
+        json!({"pza_id": "srv", "status": "Running", "restarts": 1})
     );
 
     c.publish(
@@ -219,8 +219,8 @@ async fn max_retries_zero_never_restarts_and_restart_cmd_revives() {
         .await;
     let error = c.wait_for("power-supply/f/error", |_| true).await;
     assert_eq!(
-        error,
-        json!({"pza_id": null, "message": "field `pza_id` must be a string, not a number"})
+        server_made(error),
+        json!({"pza_id": "srv", "message": "field `pza_id` must be a string, not a number"})
     );
     server.stop().await;
 }
@@ -246,8 +246,8 @@ async fn restart_cmd_restarts_a_running_runner_keeping_the_device() {
     let mut late = server.client().await;
     late.subscribe("power-supply/r/voltage").await;
     assert_eq!(
-        late.next().await.json(),
-        json!({"pza_id": null, "voltage": "3.30"})
+        server_made(late.next().await.json()),
+        json!({"pza_id": "srv", "voltage": "3.30"})
     );
     server.stop().await;
 }
@@ -472,8 +472,12 @@ async fn commands_queued_behind_a_crash_still_get_one_answer_each() {
     server.stop().await;
 }
 
+/// The panicking command gets its one answer, with its id, before the
+/// restart; the commands behind it get one answer each, like behind an
+/// error: refused if the runner had received them when it crashed, served
+/// by the restarted runner if they arrived after.
 #[tokio::test]
-async fn commands_queued_behind_a_panic_are_served_by_the_next_runner() {
+async fn a_panic_answers_its_command_once_and_each_queued_command_once() {
     let server = TestServer::start(
         r#"p: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 13 },
                restart: { initial_delay_ms: 0, jitter: 0 } }"#,
@@ -492,12 +496,54 @@ async fn commands_queued_behind_a_panic_are_served_by_the_next_runner() {
         )
         .await;
     }
-    // The connection outlives the panic: the next runner answers what waited.
+    let (_, mut before) = c
+        .wait_for_collect("power-supply/p/status", |v| v["status"] == "Running")
+        .await;
+    let panicking = before
+        .iter()
+        .find(|m| m.topic == "power-supply/p/status")
+        .map(Message::json)
+        .expect("a Panicking status");
+    assert_eq!(panicking["status"], "Panicking");
+    assert!(panicking["panic_message"]
+        .as_str()
+        .is_some_and(|m| m.contains("emulator fault: panic_on_voltage 13")));
+    // A fence: everything about the earlier commands comes before its reply.
+    c.publish(
+        "power-supply/p/state/cmd",
+        r#"{"pza_id":"fence","state":"OFF"}"#,
+    )
+    .await;
+    let (_, rest) = c
+        .wait_for_collect("power-supply/p/state", |v| v["pza_id"] == "fence")
+        .await;
+    before.extend(rest);
+    let answers = |id: &str| -> Vec<Message> {
+        before
+            .iter()
+            .filter(|m| !m.topic.ends_with("/cmd"))
+            .filter(|m| m.json()["pza_id"] == id)
+            .cloned()
+            .collect()
+    };
+    let boom = answers("boom");
+    assert_eq!(boom.len(), 1, "{boom:?}");
+    assert_eq!(boom[0].topic, "power-supply/p/error");
+    assert_eq!(
+        boom[0].json()["message"],
+        "voltage: the driver panicked: emulator fault: panic_on_voltage 13"
+    );
     for i in 0..3 {
-        let reply = c.wait_reply(&format!("after{i}")).await;
-        assert_eq!(reply.topic, "power-supply/p/current", "{reply:?}");
-        assert_eq!(reply.json()["current"], format!("0.{}00", i + 1));
+        let answer = answers(&format!("after{i}"));
+        assert_eq!(answer.len(), 1, "after{i}: {answer:?}");
+        let json = answer[0].json();
+        match answer[0].topic.as_str() {
+            "power-supply/p/error" => {
+                assert_eq!(json["message"], "not applied: the runner is restarting")
+            }
+            "power-supply/p/current" => assert_eq!(json["current"], format!("0.{}00", i + 1)),
+            other => panic!("after{i} answered on {other}: {json}"),
+        }
     }
-    assert_eq!(server.emulator.device("p").unwrap().current_limit, 0.3);
     server.stop().await;
 }

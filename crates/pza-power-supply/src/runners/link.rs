@@ -47,6 +47,17 @@ const RECONNECT_JITTER: f64 = 0.5;
 /// others are logged at debug level).
 const WARN_EVERY_FAILURES: u32 = 60;
 
+/// Flushes that ended on their timeout while connected, in this process:
+/// each one is a stall (a restart waiting for acknowledgements that will
+/// not come), so it is counted to be seen by tests and diagnostics.
+static FLUSH_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many flushes, on any link of this process, waited for their whole
+/// timeout while connected.
+pub fn flush_timeouts() -> u64 {
+    FLUSH_TIMEOUTS.load(Ordering::Relaxed)
+}
+
 /// What the link reports to its owner.
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -61,7 +72,11 @@ pub enum LinkEvent {
 #[derive(Default)]
 struct Shared {
     /// QoS 1 publishes queued, and those acknowledged or given up for lost.
-    /// `acked <= sent` always.
+    /// `acked <= sent` always. A publish is counted in `sent` before it is
+    /// handed to the client, never after: its acknowledgement may be handled
+    /// by the pump before the publisher runs again, and an ack counted
+    /// against a `sent` that does not include its publish yet would be
+    /// clamped away, leaving every later `flush` to wait for its timeout.
     sent: AtomicU64,
     acked: AtomicU64,
     /// Wakes `flush` when `acked` moves or the connection drops.
@@ -75,6 +90,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// One more publish about to be queued.
+    fn queued(&self) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// One more publish acknowledged (or lost), never counting past `sent`.
     fn ack(&self) {
         let sent = self.sent.load(Ordering::SeqCst);
@@ -125,7 +145,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Whether a link is subscribed on its present connection, readable by
+/// someone who does not hold the link (the supervisor, while a runner has
+/// it).
+#[derive(Clone)]
+pub struct Readiness(Arc<Shared>);
+
+impl Readiness {
+    /// Connected and subscribed on the present connection.
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::SeqCst)
+    }
+}
+
 impl MqttLink {
+    /// A handle telling whether this link is subscribed, at any time.
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.shared.clone())
+    }
+
     /// Starts connecting with `options`; `subscriptions` are (re)made at QoS 1
     /// after every connection.
     pub fn open(options: MqttOptions, subscriptions: Vec<String>) -> MqttLink {
@@ -181,27 +219,29 @@ impl MqttLink {
         payload: Vec<u8>,
     ) -> anyhow::Result<()> {
         if self.is_connected() {
-            self.client
+            self.shared.queued();
+            let queued = self
+                .client
                 .publish(topic, QoS::AtLeastOnce, retain, payload)
-                .await
-                .map_err(|e| anyhow::anyhow!("MQTT client closed: {e}"))?;
-            self.shared.sent.fetch_add(1, Ordering::SeqCst);
+                .await;
+            if let Err(e) = queued {
+                // Never sent, so never acknowledged: given up for lost.
+                self.shared.ack();
+                anyhow::bail!("MQTT client closed: {e}");
+            }
             return Ok(());
         }
         if self.shared.offline_queued.fetch_add(1, Ordering::SeqCst) >= OFFLINE_QUEUE_MAX {
             tracing::debug!(%topic, "MQTT broker out of reach: message dropped");
             return Ok(());
         }
-        match self
+        self.shared.queued();
+        if let Err(e) = self
             .client
             .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
         {
-            Ok(()) => {
-                self.shared.sent.fetch_add(1, Ordering::SeqCst);
-            }
-            Err(e) => {
-                tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
-            }
+            self.shared.ack();
+            tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
         }
         Ok(())
     }
@@ -224,9 +264,21 @@ impl MqttLink {
                 notified.await;
             }
         };
-        tokio::time::timeout(timeout, all_acked)
-            .await
-            .unwrap_or(false)
+        match tokio::time::timeout(timeout, all_acked).await {
+            Ok(all) => all,
+            Err(_) => {
+                if self.is_connected() {
+                    FLUSH_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        sent = self.shared.sent.load(Ordering::SeqCst),
+                        acked = self.shared.acked.load(Ordering::SeqCst),
+                        timeout_ms = timeout.as_millis() as u64,
+                        "MQTT publishes not acknowledged in time"
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// Flushes, then disconnects, each step for at most `timeout`. While
@@ -436,6 +488,19 @@ mod tests {
                 assert!(within < 25, "{within} delays within {slice:?} of {start:?}");
             }
         }
+    }
+
+    /// The pump may handle a publish's acknowledgement before the publisher
+    /// runs again after queueing it: the ack must count all the same.
+    #[test]
+    fn an_ack_handled_before_the_publisher_resumes_is_kept() {
+        let shared = Shared::default();
+        for _ in 0..70_000 {
+            shared.queued();
+            shared.ack();
+        }
+        assert_eq!(shared.acked.load(Ordering::SeqCst), 70_000);
+        assert_eq!(shared.sent.load(Ordering::SeqCst), 70_000);
     }
 
     #[test]

@@ -2,17 +2,29 @@
 //!
 //! The runner task initializes the driver, waits until its connection is
 //! subscribed, reads the device state (clamping a setpoint found outside the
-//! security limits), publishes it retained and reports `Running`. Then it
-//! serves commands one at a time, and measures every `measure_period`, so a
-//! command waits behind at most one measurement. Every driver call runs
-//! under `command_timeout`.
+//! security limits), publishes `P/info` and the state retained and reports
+//! `Running`. Then it serves commands one at a time, and measures every
+//! `measure_period` in two steps (voltage, then current) with commands
+//! served in between, so that a command waits behind at most one device
+//! request of a measurement. Every driver call runs under `command_timeout`.
 //!
 //! The task ends with `Ok` when it is stopped, and with `Err` when the driver
 //! reports a fatal error (the link to the device is in an unknown state): the
-//! supervisor then restarts it with a fresh driver. A panic in the driver
-//! unwinds through the task and is reported by the `TaskMonitor`.
+//! supervisor then restarts it with a fresh driver. A panic in a driver call
+//! is caught, answered on `P/error` like a fatal error, and then resumed, so
+//! that the `TaskMonitor` still sees (and the supervisor counts) a panic.
+//!
+//! In both cases the commands received but not served yet are answered on
+//! `P/error` with `not applied: the runner is restarting`; commands that
+//! arrive after the crash wait in the connection (which the supervisor
+//! keeps) and are served by the restarted runner once it is `Running`.
 
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,11 +35,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::limits::SecurityLimits;
-use super::link::{LinkEvent, MqttLink};
+use super::link::{LinkEvent, MqttLink, Readiness};
 use crate::config::OnShutdown;
 use crate::drivers::{DriverError, ErrorKind, PowerSupplyDriver};
-use crate::protocol::payload::{error_reply, parse_command, state_reply, value_reply};
-use crate::protocol::{Attribute, Request, Topics};
+use crate::protocol::payload::{
+    command_id, error_reply, measure_reply, parse_command, parse_measure, state_reply, value_reply,
+    Measurement,
+};
+use crate::protocol::{Amps, Attribute, InfoReport, Request, Topics, Volts};
 
 /// How long the runner waits for its last messages to be acknowledged and
 /// for its connection to close.
@@ -42,6 +57,8 @@ pub struct RunnerSettings {
     pub endpoint: BrokerEndpoint,
     pub topics: Topics,
     pub limits: SecurityLimits,
+    /// Published retained on `P/info` before `Running`.
+    pub info: InfoReport,
     pub voltage_decimals: usize,
     pub current_decimals: usize,
     /// `Duration::ZERO`: no periodic measurements.
@@ -50,12 +67,16 @@ pub struct RunnerSettings {
     pub on_shutdown: OnShutdown,
 }
 
-/// What a runner tells its supervisor.
+/// What a runner tells its supervisor: it takes commands, so its status
+/// may say `Running`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerReport {
     pub runner: String,
     /// Which start of the runner this is about (stale reports are ignored).
     pub generation: u64,
+    /// False when the runner has just reached `Running`; true when its
+    /// connection came back after a broker outage and is subscribed again.
+    pub reconnected: bool,
 }
 
 /// How a runner is stopped, and where it reports.
@@ -78,12 +99,15 @@ pub struct RunnerControl {
 /// A runner's MQTT connection, kept by the supervisor across restarts.
 pub type SharedLink = Arc<tokio::sync::Mutex<MqttLink>>;
 
-/// Opens the connection of a runner, subscribed to its command topics.
-pub fn open_link(settings: &RunnerSettings) -> SharedLink {
-    Arc::new(tokio::sync::Mutex::new(MqttLink::open(
+/// Opens the connection of a runner, subscribed to its command topics, with
+/// a handle telling whether it is subscribed.
+pub fn open_link(settings: &RunnerSettings) -> (SharedLink, Readiness) {
+    let link = MqttLink::open(
         client_options(&settings.client_id, &settings.endpoint, None),
         vec![settings.topics.command_filter()],
-    )))
+    );
+    let readiness = link.readiness();
+    (Arc::new(tokio::sync::Mutex::new(link)), readiness)
 }
 
 /// A driver operation borrowed for one call.
@@ -114,8 +138,59 @@ impl Runner {
 enum Failure {
     /// Answered on `P/error`; the runner goes on.
     Answered,
-    /// Answered on `P/error`; the runner must end with this error.
+    /// Answered on `P/error`; the runner must end with this error (a
+    /// [`DriverPanic`] for a panic).
     Fatal(anyhow::Error),
+}
+
+/// A panic caught in a driver call, carried out of the runner's loop as an
+/// error so that the runner can answer its pending commands before the
+/// panic is resumed.
+#[derive(Debug)]
+struct DriverPanic {
+    text: String,
+    /// The original payload, resumed as is. In a mutex only to make the
+    /// error `Sync`, as `anyhow` requires.
+    payload: std::sync::Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl std::fmt::Display for DriverPanic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the driver panicked: {}", self.text)
+    }
+}
+
+impl std::error::Error for DriverPanic {}
+
+/// The text of a panic payload (`panic!` gives a `&str` or a `String`),
+/// read without consuming the payload, which is resumed afterwards.
+fn panic_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else if let Some(text) = payload.downcast_ref::<&'static str>() {
+        (*text).to_string()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err(payload)`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // Unwind safety: after a panic the driver the future borrows is
+        // never called again; the runner answers its commands and resumes
+        // the panic, which drops the driver.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
 }
 
 struct Session {
@@ -139,6 +214,8 @@ async fn run(
     let mut session = Session { settings, link };
 
     let served = session.serve(&mut driver, &control).await;
+    // Commands received and not served get their one answer. After a panic
+    // as after an error: both restart the runner.
     let reason = match &served {
         Ok(()) if control.shutdown.is_cancelled() => "not applied: the server is shutting down",
         Err(e) if closed_by_device(e) => "not applied: the device ended the session",
@@ -157,6 +234,20 @@ async fn run(
             // The link stays up for the next runner; the error reply must be
             // on the broker first.
             session.link.flush(CLOSE_TIMEOUT).await;
+            drop(session);
+            if let Some(panic) = e.downcast_ref::<DriverPanic>() {
+                let payload = panic
+                    .payload
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take();
+                if let Some(payload) = payload {
+                    // Ends the task as the panic it is, released link and
+                    // all, so that the supervisor counts it as one.
+                    drop(driver);
+                    std::panic::resume_unwind(payload);
+                }
+            }
             return Err(e);
         }
     };
@@ -186,16 +277,36 @@ impl Session {
             Duration::from_secs(3600)
         });
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The second step of a periodic measurement is due. Commands go
+        // first (the select is biased), so that one waits behind at most
+        // the one device request in progress.
+        let mut current_due = false;
         loop {
             tokio::select! {
                 biased;
                 _ = control.stop.cancelled() => return Ok(()),
                 event = self.link.recv() => match event {
                     Some(LinkEvent::Message(publish)) => self.handle(driver, publish).await?,
-                    Some(LinkEvent::Connected { .. }) => self.publish_state(driver, None).await?,
+                    Some(LinkEvent::Connected { .. }) => {
+                        self.publish_info().await?;
+                        self.publish_state(driver, None).await?;
+                        // Subscribed again: `Running` may be said again.
+                        let _ = control.reports.send(RunnerReport {
+                            runner: self.settings.name.clone(),
+                            generation: control.generation,
+                            reconnected: true,
+                        });
+                    }
                     None => anyhow::bail!("MQTT connection closed"),
                 },
-                _ = ticker.tick(), if measuring => self.measure(driver).await?,
+                _ = std::future::ready(()), if current_due => {
+                    current_due = false;
+                    self.measure_step(driver, Attribute::Current).await?;
+                }
+                _ = ticker.tick(), if measuring => {
+                    self.measure_step(driver, Attribute::Voltage).await?;
+                    current_due = true;
+                }
             }
         }
     }
@@ -224,6 +335,7 @@ impl Session {
             }
         }
         self.clamp_setpoints(driver).await?;
+        self.publish_info().await?;
         self.publish_state(driver, None).await?;
         // Make sure the retained state is on the broker before `Running` is
         // announced (by the supervisor, on another connection).
@@ -231,6 +343,7 @@ impl Session {
         let _ = control.reports.send(RunnerReport {
             runner: self.settings.name.clone(),
             generation: control.generation,
+            reconnected: false,
         });
         tracing::info!(runner = %self.settings.name, "running");
         Ok(())
@@ -244,14 +357,14 @@ impl Session {
             let LinkEvent::Message(publish) = event else {
                 continue;
             };
-            let Some(attribute) = self.settings.topics.command_attribute(&publish.topic) else {
+            let topics = &self.settings.topics;
+            let served_here = topics.command_attribute(&publish.topic).is_some()
+                || publish.topic == topics.measure_command();
+            if !served_here {
                 continue;
-            };
-            let pza_id = match parse_command(attribute, &publish.payload) {
-                Ok(command) => command.pza_id,
-                Err(rejection) => rejection.pza_id,
-            };
-            self.publish_error(pza_id.as_deref(), reason).await?;
+            }
+            self.publish_error(command_id(&publish.payload).as_deref(), reason)
+                .await?;
         }
         Ok(())
     }
@@ -316,10 +429,21 @@ impl Session {
         operation: impl for<'a> FnOnce(&'a mut dyn PowerSupplyDriver) -> DriverFuture<'a, T>,
     ) -> anyhow::Result<Result<T, Failure>> {
         let timeout = self.settings.command_timeout;
-        let outcome = tokio::time::timeout(timeout, operation(driver.as_mut())).await;
+        let guarded = CatchUnwind(Box::pin(operation(driver.as_mut())));
+        let outcome = tokio::time::timeout(timeout, guarded).await;
         let error = match outcome {
-            Ok(Ok(value)) => return Ok(Ok(value)),
-            Ok(Err(e)) => e,
+            Ok(Ok(Ok(value))) => return Ok(Ok(value)),
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(payload)) => {
+                let panic = DriverPanic {
+                    text: panic_text(payload.as_ref()),
+                    payload: std::sync::Mutex::new(Some(payload)),
+                };
+                tracing::error!(runner = %self.settings.name, pza_id, "{what}: {panic}");
+                self.publish_error(pza_id, &format!("{what}: {panic}"))
+                    .await?;
+                return Ok(Err(Failure::Fatal(anyhow::Error::new(panic))));
+            }
             Err(_) => DriverError::timeout(format!(
                 "the device did not answer within {} ms (command_timeout_ms)",
                 timeout.as_millis()
@@ -337,6 +461,9 @@ impl Session {
     }
 
     async fn handle(&mut self, driver: &mut Driver, publish: Publish) -> anyhow::Result<()> {
+        if publish.topic == self.settings.topics.measure_command() {
+            return self.measure_now(driver, &publish.payload).await;
+        }
         let Some(attribute) = self.settings.topics.command_attribute(&publish.topic) else {
             // The restart command is the supervisor's.
             if publish.topic != self.settings.topics.restart_command() {
@@ -398,35 +525,85 @@ impl Session {
         }
     }
 
-    async fn measure(&mut self, driver: &mut Driver) -> anyhow::Result<()> {
+    /// One step of a periodic measurement: one device request, published
+    /// retained on `P/measure/<quantity>` with a fresh server-made id.
+    async fn measure_step(
+        &mut self,
+        driver: &mut Driver,
+        quantity: Attribute,
+    ) -> anyhow::Result<()> {
+        let measured = match quantity {
+            Attribute::Current => {
+                self.call(driver, "measure", None, |d| {
+                    Box::pin(async move { Ok(d.measure_current().await?.0) })
+                })
+                .await?
+            }
+            _ => {
+                self.call(driver, "measure", None, |d| {
+                    Box::pin(async move { Ok(d.measure_voltage().await?.0) })
+                })
+                .await?
+            }
+        };
+        let decimals = match quantity {
+            Attribute::Current => self.settings.current_decimals,
+            _ => self.settings.voltage_decimals,
+        };
+        match measured {
+            Ok(value) => {
+                let topic = self.settings.topics.measure(quantity);
+                let payload = value_reply(None, quantity.name(), value, decimals);
+                self.publish(topic, true, payload).await
+            }
+            Err(Failure::Answered) => Ok(()),
+            Err(Failure::Fatal(e)) => Err(e),
+        }
+    }
+
+    /// `P/measure/cmd`: measures both values now and answers on `P/measure`
+    /// with the command's id.
+    async fn measure_now(&mut self, driver: &mut Driver, payload: &[u8]) -> anyhow::Result<()> {
+        let pza_id = match parse_measure(payload) {
+            Ok(pza_id) => pza_id,
+            Err(rejection) => {
+                return self
+                    .publish_error(rejection.pza_id.as_deref(), &rejection.message)
+                    .await
+            }
+        };
+        let pza_id = pza_id.as_deref();
         let measured = self
-            .call(driver, "measure", None, |d| {
+            .call(driver, "measure", pza_id, |d| {
                 Box::pin(async move {
-                    let voltage = d.measure_voltage().await?;
-                    let current = d.measure_current().await?;
+                    let voltage: Volts = d.measure_voltage().await?;
+                    let current: Amps = d.measure_current().await?;
                     Ok((voltage, current))
                 })
             })
             .await?;
         match measured {
             Ok((voltage, current)) => {
-                let topics = &self.settings.topics;
-                self.publish(
-                    topics.measure(Attribute::Voltage),
-                    true,
-                    value_reply(None, "voltage", voltage.0, self.settings.voltage_decimals),
-                )
-                .await?;
-                self.publish(
-                    topics.measure(Attribute::Current),
-                    true,
-                    value_reply(None, "current", current.0, self.settings.current_decimals),
-                )
-                .await
+                let measurement = Measurement {
+                    voltage,
+                    current,
+                    voltage_decimals: self.settings.voltage_decimals,
+                    current_decimals: self.settings.current_decimals,
+                };
+                let topic = self.settings.topics.measure_reply();
+                self.publish(topic, false, measure_reply(pza_id, &measurement))
+                    .await
             }
             Err(Failure::Answered) => Ok(()),
             Err(Failure::Fatal(e)) => Err(e),
         }
+    }
+
+    /// `P/info`, retained.
+    async fn publish_info(&self) -> anyhow::Result<()> {
+        let payload = self.settings.info.to_payload();
+        self.publish(self.settings.topics.info(), true, payload)
+            .await
     }
 
     /// A setpoint found outside the security limits at start-up is set to the

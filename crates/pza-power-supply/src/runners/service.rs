@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{LinkEvent, MqttLink};
+use super::link::{LinkEvent, MqttLink, Readiness};
 use super::restart::{Decision, RestartTracker};
 use super::runner::{open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink};
 use super::SecurityLimits;
@@ -52,7 +52,7 @@ use crate::protocol::ownership::{
 };
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::{restart_command_filter, restart_command_runner};
-use crate::protocol::{Status, StatusReport, Topics};
+use crate::protocol::{InfoReport, Status, StatusReport, Topics};
 
 /// How long the supervisor waits for its last status messages to be
 /// acknowledged and its connection to close.
@@ -125,12 +125,24 @@ impl RunnersService {
                             manifest.model
                         )
                     })?;
+                let limits = SecurityLimits::resolve(&runner.limits, manifest);
+                let info = InfoReport {
+                    model: manifest.model.to_string(),
+                    description: manifest.description.to_string(),
+                    security_min_voltage: limits.voltage.min,
+                    security_max_voltage: limits.voltage.max,
+                    security_min_current: limits.current.min,
+                    security_max_current: limits.current.max,
+                    voltage_decimals: manifest.voltage_decimals,
+                    current_decimals: manifest.current_decimals,
+                };
                 let settings = RunnerSettings {
                     name: name.clone(),
                     client_id: String::new(),
                     endpoint: endpoint.clone(),
                     topics: Topics::new(namespace.as_deref(), name),
-                    limits: SecurityLimits::resolve(&runner.limits, manifest),
+                    limits,
+                    info,
                     voltage_decimals: manifest.voltage_decimals,
                     current_decimals: manifest.current_decimals,
                     measure_period: Duration::from_millis(runner.measure_period_ms),
@@ -154,6 +166,7 @@ impl RunnersService {
                         last_status: None,
                         first_driver: std::sync::Mutex::new(Some(driver)),
                         link: None,
+                        link_ready: None,
                         ownership: Ownership::Unclaimed,
                     },
                 );
@@ -261,6 +274,9 @@ struct Slot {
     /// The runner's MQTT connection, kept across crashes; `None` until the
     /// first start and after a clean end.
     link: Option<SharedLink>,
+    /// Whether that connection is subscribed now: `Running` is republished
+    /// after a broker outage only once it is.
+    link_ready: Option<Readiness>,
 }
 
 /// Whether this server instance serves a runner.
@@ -384,10 +400,15 @@ impl Supervisor {
         settings.client_id = format!("{}-{name}-{}", self.instance, slot.generation);
         // A crashed runner's connection is lent to the next one: no new
         // connection, subscription and broker work per restart.
-        let link = slot
-            .link
-            .get_or_insert_with(|| open_link(&settings))
-            .clone();
+        let link = match &slot.link {
+            Some(link) => link.clone(),
+            None => {
+                let (link, readiness) = open_link(&settings);
+                slot.link = Some(link.clone());
+                slot.link_ready = Some(readiness);
+                link
+            }
+        };
         let control = RunnerControl {
             stop: stop.clone(),
             shutdown: self.shutdown.clone(),
@@ -458,6 +479,7 @@ impl Supervisor {
         if matches!(ending, Ending::Clean) {
             // A runner that ends cleanly closes its connection.
             slot.link = None;
+            slot.link_ready = None;
         }
         let restart_requested = std::mem::take(&mut slot.restart_requested);
         if !matches!(slot.ownership, Ownership::Owned(_)) {
@@ -521,6 +543,16 @@ impl Supervisor {
         if slot.generation != report.generation || !matches!(slot.state, SlotState::Live) {
             return;
         }
+        if report.reconnected {
+            // Subscribed again after an outage: say `Running` again (the
+            // broker may have lost it), unless the runner is not running.
+            let last = slot.last_status.clone();
+            if let Some(mut last) = last.filter(|r| r.status == Status::Running) {
+                last.pza_id = None;
+                self.publish_status(&report.runner, last).await;
+            }
+            return;
+        }
         slot.tracker.running(Instant::now());
         slot.last_cause = None;
         let status = self.status(&report.runner, Status::Running);
@@ -554,11 +586,26 @@ impl Supervisor {
                 }
                 if !first {
                     // The broker may have lost its retained messages: say
-                    // again where every runner stands.
+                    // again where every runner stands. `Running` means the
+                    // runner takes commands: a runner whose own connection
+                    // is not subscribed again yet says it itself, once it is
+                    // (see `on_running`), lest a command sent on seeing
+                    // `Running` reach no subscriber.
                     let statuses: Vec<(String, StatusReport)> = self
                         .slots
                         .iter()
-                        .filter_map(|(name, s)| s.last_status.clone().map(|r| (name.clone(), r)))
+                        .filter(|(_, s)| {
+                            s.last_status
+                                .as_ref()
+                                .is_some_and(|r| r.status != Status::Running)
+                                || s.link_ready.as_ref().is_some_and(Readiness::is_ready)
+                        })
+                        .filter_map(|(name, s)| {
+                            // Said again, it answers no command.
+                            let mut report = s.last_status.clone()?;
+                            report.pza_id = None;
+                            Some((name.clone(), report))
+                        })
                         .collect();
                     for (name, report) in statuses {
                         self.publish_status(&name, report).await;

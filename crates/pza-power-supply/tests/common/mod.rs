@@ -303,6 +303,24 @@ impl Client {
     }
 }
 
+/// Whether `id` is a `pza_id` the server made itself (for a message that
+/// answers no command, or a command whose id could not be read).
+pub fn is_server_id(id: &Value) -> bool {
+    id.as_str()
+        .is_some_and(|id| id.starts_with(pza_power_supply::protocol::ids::SERVER_ID_PREFIX))
+}
+
+/// `value` with its `pza_id` replaced by `"srv"` once checked to be a
+/// server-made one, so that the rest can be compared to a literal.
+pub fn server_made(mut value: Value) -> Value {
+    assert!(
+        is_server_id(&value["pza_id"]),
+        "not a server-made id: {value}"
+    );
+    value["pza_id"] = Value::String("srv".into());
+    value
+}
+
 /// A subscriber to every topic of `runner`, waiting until it is `Running`.
 pub async fn running_client(server: &TestServer, runner: &str) -> Client {
     let mut client = server.client().await;

@@ -1,0 +1,147 @@
+//! The real server binary, run with a config of our own on a free port, and
+//! clients of the client library connected to it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pza_power_supply_client::{Client, ClientOptions, Status};
+
+/// Upper bound for any single wait: far above any normal latency, it only
+/// turns a hang into a failure.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pza-power-supply");
+
+/// A free port on 127.0.0.1 (released before returning: the OS hands it
+/// out again only after cycling through the others).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A fresh folder under the system temp folder.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pza-client-test-{tag}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `pza-power-supply run` with the embedded broker on a free port.
+pub struct Served {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Served {
+    /// Runners as a JSON5 object body; `broker_extra` goes into `broker: {}`.
+    pub fn start(runners: &str) -> Served {
+        Self::start_with(runners, "")
+    }
+
+    pub fn start_with(runners: &str, broker_extra: &str) -> Served {
+        let port = free_port();
+        let dir = temp_dir("served");
+        let config = dir.join("config.json5");
+        std::fs::write(
+            &config,
+            format!(
+                "{{ broker: {{ use_builtin: true, tcp: {{ addr: \"127.0.0.1\", port: {port} }}, {broker_extra} }}, runners: {{ {runners} }} }}"
+            ),
+        )
+        .expect("write config");
+        let mut served = Served {
+            port,
+            dir,
+            config,
+            child: None,
+        };
+        served.launch();
+        served
+    }
+
+    /// Starts the server process (again, after `kill`).
+    pub fn launch(&mut self) {
+        let child = Command::new(BIN)
+            .args(["run", "--no-tui", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the server");
+        self.child = Some(child);
+    }
+
+    /// Kills the server process at once (no graceful shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions::new("127.0.0.1", self.port).timeout(WAIT)
+    }
+
+    /// A client, once the broker accepts connections.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.options())
+            .await
+            .expect("the client connects to the served broker")
+    }
+
+    /// A `ctl` command line against this server: `ctl --broker ... ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("ctl")
+            .args(["--broker", &format!("127.0.0.1:{}", self.port)])
+            .args(args)
+            // No config file: the flags say everything.
+            .env("HOME", &self.dir)
+            .env_remove("PZA_POWER_SUPPLY_CONFIG")
+            .env_remove("PZA_MQTT_PASSWORD")
+            .env_remove("RUST_LOG");
+        command
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until `name` is `Running` (seen through `client`).
+pub async fn wait_running(client: &Client, name: &str) {
+    wait_status(client, name, Status::Running).await;
+}
+
+/// Waits until `name` reports `status`.
+pub async fn wait_status(client: &Client, name: &str, status: Status) {
+    let psu = client.power_supply(name);
+    let mut updates = psu.watch();
+    if psu.snapshot().await.is_ok_and(|s| s.status == Some(status)) {
+        return;
+    }
+    tokio::time::timeout(WAIT, async {
+        while let Some(update) = updates.next().await {
+            if update.snapshot.status == Some(status) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} not {status} within {WAIT:?}"));
+}
