@@ -1,7 +1,7 @@
 //! The tools' structured results (`structuredContent`, described by each
 //! tool's `outputSchema`): the values the server read back from the device.
 
-use pza_power_supply_client::{Info, Snapshot};
+use pza_power_supply_client::{InfoReport as Info, Snapshot};
 use rmcp::schemars;
 use serde::Serialize;
 
