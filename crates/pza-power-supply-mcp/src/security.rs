@@ -50,7 +50,10 @@ impl Security {
         hosts.extend(allowed_hosts.iter().map(|h| normalize_host(h)));
         Security {
             allowed_hosts: hosts,
-            allowed_origins: allowed_origins.iter().map(|o| normalize_origin(o)).collect(),
+            allowed_origins: allowed_origins
+                .iter()
+                .map(|o| normalize_origin(o))
+                .collect(),
             token: token.filter(|t| !t.is_empty()),
         }
     }
@@ -183,7 +186,12 @@ mod tests {
     #[test]
     fn other_hosts_are_forbidden() {
         let rules = default_rules();
-        for host in ["evil.example", "evil.example:50051", "192.168.1.10:50051", "localhost.evil.example"] {
+        for host in [
+            "evil.example",
+            "evil.example:50051",
+            "192.168.1.10:50051",
+            "localhost.evil.example",
+        ] {
             match rules.check(&headers(&[("host", host)])) {
                 Err(Refusal::Forbidden(why)) => assert!(why.contains(host), "{why}"),
                 other => panic!("{host}: {other:?}"),
@@ -203,7 +211,12 @@ mod tests {
             &[],
             None,
         );
-        for host in ["192.168.1.10:50051", "bench-3.lab", "bench-3.lab:50051", "gw.lab:8080"] {
+        for host in [
+            "192.168.1.10:50051",
+            "bench-3.lab",
+            "bench-3.lab:50051",
+            "gw.lab:8080",
+        ] {
             assert_eq!(rules.check(&headers(&[("host", host)])), Ok(()), "{host}");
         }
         assert!(rules.check(&headers(&[("host", "gw.lab:9090")])).is_err());
@@ -247,7 +260,13 @@ mod tests {
             rules.check(&headers(&[host, ("authorization", "Bearer s3cret")])),
             Ok(())
         );
-        for auth in [None, Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("s3cret"), Some("Basic s3cret")] {
+        for auth in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+        ] {
             let mut h = headers(&[host]);
             if let Some(auth) = auth {
                 h.insert(AUTHORIZATION, HeaderValue::from_str(auth).unwrap());

@@ -45,9 +45,6 @@ pub enum Scope {
     One(String),
 }
 
-/// A tool's failure, as the text of a result with `isError: true`.
-type ToolResult<T> = Result<Json<T>, String>;
-
 /// The MCP server handler.
 #[derive(Clone)]
 pub struct PowerSupplyTools {
@@ -61,6 +58,9 @@ pub struct PowerSupplyTools {
 /// How long `restart` waits for the runner to be back, by default.
 pub const DEFAULT_RESTART_WAIT: Duration = Duration::from_secs(10);
 
+// Each tool returns `Result<Json<T>, String>`, written out: the macro finds
+// the output schema in that exact shape (not through an alias), and the
+// `String` is the text of a result with `isError: true`.
 #[tool_router]
 impl PowerSupplyTools {
     /// The tools over `client`, for `scope`.
@@ -88,7 +88,7 @@ impl PowerSupplyTools {
         description = "List the power supplies: name, model, description, runner status and security limits (volts, amps).",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn list_power_supplies(&self) -> ToolResult<PowerSupplyList> {
+    async fn list_power_supplies(&self) -> Result<Json<PowerSupplyList>, String> {
         let snapshots = self.client.snapshots().await.map_err(|e| e.to_string())?;
         let power_supplies = snapshots
             .iter()
@@ -102,7 +102,10 @@ impl PowerSupplyTools {
         description = "The latest known state of a power supply, without asking the device: runner status and restarts, output on/off, voltage setpoint (V), current limit (A), last measured voltage (V) and current (A), security limits, last error.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn get_state(&self, Parameters(args): Parameters<DeviceArgs>) -> ToolResult<State> {
+    async fn get_state(
+        &self,
+        Parameters(args): Parameters<DeviceArgs>,
+    ) -> Result<Json<State>, String> {
         let psu = self.power_supply(args.device)?;
         let snapshot = psu.snapshot().await.map_err(|e| e.to_string())?;
         Ok(Json(State::from(&snapshot)))
@@ -110,9 +113,16 @@ impl PowerSupplyTools {
 
     #[tool(
         description = "Set the voltage setpoint, in volts (V); returns the value the device read back. Refused (not clamped) outside the supply's security limits.",
-        annotations(destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn set_voltage(&self, Parameters(args): Parameters<VoltageArgs>) -> ToolResult<VoltageSet> {
+    async fn set_voltage(
+        &self,
+        Parameters(args): Parameters<VoltageArgs>,
+    ) -> Result<Json<VoltageSet>, String> {
         let psu = self.running(args.device).await?;
         let volts = psu
             .set_voltage(args.volts)
@@ -126,9 +136,16 @@ impl PowerSupplyTools {
 
     #[tool(
         description = "Set the current limit, in amps (A); returns the value the device read back. Refused (not clamped) outside the supply's security limits.",
-        annotations(destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn set_current(&self, Parameters(args): Parameters<CurrentArgs>) -> ToolResult<CurrentSet> {
+    async fn set_current(
+        &self,
+        Parameters(args): Parameters<CurrentArgs>,
+    ) -> Result<Json<CurrentSet>, String> {
         let psu = self.running(args.device).await?;
         let amps = psu
             .set_current(args.amps)
@@ -142,9 +159,16 @@ impl PowerSupplyTools {
 
     #[tool(
         description = "Turn the output on (`on: true`, the load is powered at the setpoints) or off; returns the state the device read back.",
-        annotations(destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn set_output(&self, Parameters(args): Parameters<OutputArgs>) -> ToolResult<OutputSet> {
+    async fn set_output(
+        &self,
+        Parameters(args): Parameters<OutputArgs>,
+    ) -> Result<Json<OutputSet>, String> {
         let psu = self.running(args.device).await?;
         let on = psu.set_output(args.on).await.map_err(|e| e.to_string())?;
         Ok(Json(OutputSet {
@@ -157,7 +181,10 @@ impl PowerSupplyTools {
         description = "Measure the output now: voltage in volts (V) and current in amps (A), fresh from the device.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn measure(&self, Parameters(args): Parameters<DeviceArgs>) -> ToolResult<Measurement> {
+    async fn measure(
+        &self,
+        Parameters(args): Parameters<DeviceArgs>,
+    ) -> Result<Json<Measurement>, String> {
         let psu = self.running(args.device).await?;
         let m = psu.measure().await.map_err(|e| e.to_string())?;
         Ok(Json(Measurement {
@@ -169,9 +196,16 @@ impl PowerSupplyTools {
 
     #[tool(
         description = "Restart the power supply's runner (also revives a Failed one) and wait a few seconds for it to be Running again; returns its status then.",
-        annotations(destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn restart(&self, Parameters(args): Parameters<DeviceArgs>) -> ToolResult<Restarted> {
+    async fn restart(
+        &self,
+        Parameters(args): Parameters<DeviceArgs>,
+    ) -> Result<Json<Restarted>, String> {
         let psu = self.power_supply(args.device)?;
         // Known before the command, so that an unknown name is not left to
         // the command's timeout.
@@ -329,7 +363,8 @@ fn scoped(mut tool: Tool, scope: &Scope, snapshots: &[Snapshot]) -> Tool {
             .collect();
         if !known.is_empty() {
             let base = tool.description.as_deref().unwrap_or_default();
-            tool.description = Some(format!("{base} Security limits: {}.", known.join("; ")).into());
+            tool.description =
+                Some(format!("{base} Security limits: {}.", known.join("; ")).into());
         }
     }
     tool

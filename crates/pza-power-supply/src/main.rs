@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pza_power_supply::cli::{self, Cli, Command};
-use pza_power_supply::{ctl, mcp};
 use pza_power_supply::drivers::DriverFactory;
+use pza_power_supply::{ctl, mcp};
 use tracing_subscriber::EnvFilter;
 
 /// Logs without `RUST_LOG`: ours at info; rumqttd's are left out, as it logs

@@ -68,7 +68,10 @@ impl McpHttp {
     /// Binds `mcp.host:mcp.port` now (a port in use is an error at start-up)
     /// and serves once the client reaches the server's broker, until
     /// `shutdown` is cancelled.
-    pub async fn start(config: &ServerConfig, shutdown: CancellationToken) -> anyhow::Result<McpHttp> {
+    pub async fn start(
+        config: &ServerConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<McpHttp> {
         let mcp = &config.mcp;
         let bind = format!("{}:{}", bracketed(&mcp.host), mcp.port);
         let listener = TcpListener::bind(&bind)
@@ -89,7 +92,8 @@ impl McpHttp {
                 return;
             };
             tracing::info!("MCP server on http://{addr}/mcp");
-            if let Err(e) = pza_power_supply_mcp::serve(listener, client, security, shutdown).await {
+            if let Err(e) = pza_power_supply_mcp::serve(listener, client, security, shutdown).await
+            {
                 tracing::error!("MCP server stopped: {e}");
             }
         });

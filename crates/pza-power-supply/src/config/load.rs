@@ -222,7 +222,10 @@ fn check_mcp(path: &Path, mcp: &McpConfig) -> Result<(), ConfigFileError> {
         return Err(invalid(
             path,
             "mcp.host",
-            format!("\"{}\" is not an IP address to bind the MCP server to", mcp.host),
+            format!(
+                "\"{}\" is not an IP address to bind the MCP server to",
+                mcp.host
+            ),
         ));
     }
     for (i, host) in mcp.allowed_hosts.iter().enumerate() {
