@@ -33,7 +33,9 @@ const READ_BUFFER: usize = 16 * 1024;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let rounds = match std::env::args().nth(1) {
-        Some(n) => n.parse().map_err(|_| anyhow::anyhow!("ROUNDS: not a number: {n}"))?,
+        Some(n) => n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("ROUNDS: not a number: {n}"))?,
         None => DEFAULT_ROUNDS,
     };
     let broker_port = probe_free_port()?;
@@ -88,7 +90,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let base = summary(&mut plain);
     println!("set_voltage, {rounds} interleaved rounds ({WARM_UP} warm-up rounds left out)");
-    println!("{:<34} {:>10} {:>10} {:>14}", "path", "median", "p99", "median ratio");
+    println!(
+        "{:<34} {:>10} {:>10} {:>14}",
+        "path", "median", "p99", "median ratio"
+    );
     for (name, samples) in [
         ("client library (baseline)", &mut plain),
         ("MCP tool call, in-memory pipe", &mut over_pipe),
@@ -113,7 +118,9 @@ fn summary(samples: &mut [Duration]) -> (Duration, Duration) {
 }
 
 fn check(answer: &Value) -> anyhow::Result<()> {
-    if answer["result"]["isError"] == json!(false) || answer["result"]["structuredContent"].is_object() {
+    if answer["result"]["isError"] == json!(false)
+        || answer["result"]["structuredContent"].is_object()
+    {
         Ok(())
     } else {
         anyhow::bail!("unexpected answer: {answer}")
@@ -174,7 +181,10 @@ impl Pipe {
 
     async fn set_voltage(&mut self, args: &Value) -> anyhow::Result<()> {
         let answer = self
-            .request("tools/call", json!({"name": "set_voltage", "arguments": args}))
+            .request(
+                "tools/call",
+                json!({"name": "set_voltage", "arguments": args}),
+            )
             .await?;
         check(&answer)
     }
@@ -224,7 +234,10 @@ impl Http {
         let session = if self.session.is_empty() {
             String::new()
         } else {
-            format!("Mcp-Session-Id: {}\r\nMcp-Protocol-Version: 2025-06-18\r\n", self.session)
+            format!(
+                "Mcp-Session-Id: {}\r\nMcp-Protocol-Version: 2025-06-18\r\n",
+                self.session
+            )
         };
         let request = format!(
             "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\n\r\n{body}",
