@@ -611,3 +611,84 @@ async fn a_port_in_use_stops_the_start_up() {
         Ok(_) => panic!("a port in use is an error"),
     }
 }
+
+fn config_error(mcp: &str) -> String {
+    let (factory, _) = common::factory();
+    let text = common::config_text(1883, PSU, &format!("mcp: {{ {mcp} }},"));
+    match pza_power_supply::config::parse(std::path::Path::new("test.json5"), &text, &factory) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("mcp: {{ {mcp} }} is accepted"),
+    }
+}
+
+#[test]
+fn mcp_config_keys_are_checked() {
+    let config = common::parse_config(&common::config_text(
+        1883,
+        PSU,
+        r#"mcp: { enable: true, host: "0.0.0.0", port: 8080, allowed_hosts: ["bench.lab"],
+                  allowed_origins: ["http://localhost:6274"], token: "t" },"#,
+    ));
+    assert!(config.mcp.enable);
+    assert_eq!(
+        (config.mcp.host.as_str(), config.mcp.port),
+        ("0.0.0.0", 8080)
+    );
+    assert_eq!(config.mcp.allowed_hosts, ["bench.lab"]);
+    assert_eq!(config.mcp.allowed_origins, ["http://localhost:6274"]);
+    assert_eq!(config.mcp.token.as_deref(), Some("t"));
+    // `token: null` is "no token", as SPEC.md's example writes it.
+    let config = common::parse_config(&common::config_text(1883, PSU, "mcp: { token: null },"));
+    assert_eq!(config.mcp.token, None);
+    assert_eq!(config.mcp.host, "127.0.0.1", "the loopback by default");
+
+    for (mcp, key, why) in [
+        (r#"host: "lab-pc""#, "mcp.host", "not an IP address"),
+        (
+            r#"allowed_hosts: ["a b"]"#,
+            "mcp.allowed_hosts[0]",
+            "not a host name",
+        ),
+        (
+            r#"allowed_origins: ["localhost:6274"]"#,
+            "mcp.allowed_origins[0]",
+            "not an origin",
+        ),
+        (r#"token: "  ""#, "mcp.token", "must not be empty"),
+        (r#"tokens: "x""#, "mcp", "tokens"),
+        ("port: 70000", "mcp.port", ""),
+        (
+            r#"enable: true, allowed_hosts: null"#,
+            "mcp.allowed_hosts",
+            "null",
+        ),
+    ] {
+        let e = config_error(mcp);
+        assert!(e.contains(key) && e.contains(why), "{mcp}: {e}");
+    }
+}
+
+#[test]
+fn list_mcps_prints_the_urls() {
+    let dir = std::env::temp_dir().join(format!("pza-mcp-list-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("config.json5");
+    std::fs::write(
+        &path,
+        common::config_text(1883, PSU, "mcp: { enable: true, port: 50051 },"),
+    )
+    .expect("write config");
+    let (factory, _) = common::factory();
+    let args = pza_power_supply::cli::ListArgs {
+        config: pza_power_supply::cli::ConfigArg { config: Some(path) },
+        drivers: false,
+        runners: false,
+        mcps: true,
+    };
+    let out = pza_power_supply::cli::list(args, &factory).expect("list");
+    assert_eq!(
+        out,
+        "mcps:\n  http://127.0.0.1:50051/mcp\n  http://127.0.0.1:50051/power-supply/other\n  http://127.0.0.1:50051/power-supply/psu\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
