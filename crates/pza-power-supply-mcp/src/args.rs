@@ -1,4 +1,6 @@
 //! The tools' arguments: typed, with units, as their input schemas show them.
+//! (A doc comment here is a description in the schema: a line break in it
+//! would reach the assistant, so each is one line.)
 //!
 //! `device` is optional in these types because one handler serves both
 //! endpoints; the schema each endpoint lists makes it required on `/mcp` and
@@ -21,8 +23,7 @@ pub struct DeviceArgs {
 pub struct VoltageArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
     pub device: Option<String>,
-    /// The voltage setpoint, in volts (V). The server refuses a value outside
-    /// the supply's security limits rather than clamping it.
+    /// The voltage setpoint, in volts (V). The server refuses a value outside the supply's security limits rather than clamping it.
     pub volts: f64,
 }
 
@@ -32,8 +33,7 @@ pub struct VoltageArgs {
 pub struct CurrentArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
     pub device: Option<String>,
-    /// The current limit, in amps (A). The server refuses a value outside
-    /// the supply's security limits rather than clamping it.
+    /// The current limit, in amps (A). The server refuses a value outside the supply's security limits rather than clamping it.
     pub amps: f64,
 }
 
