@@ -251,7 +251,16 @@ async fn run(
             return Err(e);
         }
     };
-    session.link.shut(CLOSE_TIMEOUT).await;
+    if control.stop.is_cancelled() && !control.shutdown.is_cancelled() {
+        // Stopped by the supervisor (a restart, or the runner claimed by
+        // another server): the supervisor decides what becomes of the link.
+        // Closing it here and opening a new one at once for the restarted
+        // runner would lose the commands sent meanwhile, and rumqttd 0.20 may
+        // apply the old connection's late disconnect to the new one.
+        session.link.flush(CLOSE_TIMEOUT).await;
+    } else {
+        session.link.shut(CLOSE_TIMEOUT).await;
+    }
     outcome
 }
 
@@ -357,10 +366,7 @@ impl Session {
             let LinkEvent::Message(publish) = event else {
                 continue;
             };
-            let topics = &self.settings.topics;
-            let served_here = topics.command_attribute(&publish.topic).is_some()
-                || publish.topic == topics.measure_command();
-            if !served_here {
+            if !self.settings.topics.is_runner_command(&publish.topic) {
                 continue;
             }
             self.publish_error(command_id(&publish.payload).as_deref(), reason)

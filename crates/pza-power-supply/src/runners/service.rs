@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{LinkEvent, MqttLink, Readiness};
+use super::refuser::Refuser;
 use super::restart::{Decision, RestartTracker};
 use super::runner::{open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink};
 use super::SecurityLimits;
@@ -109,7 +110,8 @@ impl RunnersService {
                         factory.model_names().join(", ")
                     )
                 })?;
-                let manifest = model.manifest();
+                // The ranges and decimals of the channel this runner drives.
+                let manifest = &model.runner_manifest(&runner.driver_settings);
                 let policy = server_config
                     .restart
                     .merged(&runner.restart)
@@ -128,7 +130,12 @@ impl RunnersService {
                 let limits = SecurityLimits::resolve(&runner.limits, manifest);
                 let info = InfoReport {
                     model: manifest.model.to_string(),
-                    description: manifest.description.to_string(),
+                    // The user's words for this supply, else the model's.
+                    description: if runner.description.is_empty() {
+                        manifest.description.to_string()
+                    } else {
+                        runner.description.clone()
+                    },
                     security_min_voltage: limits.voltage.min,
                     security_max_voltage: limits.voltage.max,
                     security_min_current: limits.current.min,
@@ -167,6 +174,7 @@ impl RunnersService {
                         first_driver: std::sync::Mutex::new(Some(driver)),
                         link: None,
                         link_ready: None,
+                        refuser: None,
                         ownership: Ownership::Unclaimed,
                     },
                 );
@@ -277,6 +285,8 @@ struct Slot {
     /// Whether that connection is subscribed now: `Running` is republished
     /// after a broker outage only once it is.
     link_ready: Option<Readiness>,
+    /// While `Failed`: answers the commands that reach the connection.
+    refuser: Option<Refuser>,
 }
 
 /// Whether this server instance serves a runner.
@@ -391,6 +401,10 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else {
             return Ok(());
         };
+        if let Some(refuser) = slot.refuser.take() {
+            // The connection goes back to a runner.
+            refuser.stop().await;
+        }
         slot.generation += 1;
         if restart {
             slot.restarts += 1;
@@ -476,12 +490,16 @@ impl Supervisor {
             return;
         };
         slot.stop = None;
-        if matches!(ending, Ending::Clean) {
-            // A runner that ends cleanly closes its connection.
-            slot.link = None;
+        let restart_requested = std::mem::take(&mut slot.restart_requested);
+        if matches!(ending, Ending::Clean) && !restart_requested {
+            // A runner that ends for good gives up its connection. One
+            // stopped by the supervisor left it open (it may have been for a
+            // restart), so it is closed here, off the supervisor's loop.
+            if let Some(link) = slot.link.take() {
+                tokio::spawn(async move { link.lock().await.shut(CLOSE_TIMEOUT).await });
+            }
             slot.link_ready = None;
         }
-        let restart_requested = std::mem::take(&mut slot.restart_requested);
         if !matches!(slot.ownership, Ownership::Owned(_)) {
             tracing::info!(runner = %name, "runner stopped: another server instance serves it");
             slot.state = SlotState::Stopped;
@@ -530,6 +548,9 @@ impl Supervisor {
             Decision::GiveUp => {
                 tracing::error!(runner = name, restarts = slot.tracker.consecutive(), cause = %cause, "runner crashed; restart policy gave up");
                 slot.state = SlotState::Failed;
+                if let Some(link) = &slot.link {
+                    slot.refuser = Some(Refuser::start(link.clone(), slot.settings.topics.clone()));
+                }
                 let report = self.status(name, Status::Failed);
                 self.publish_status(name, report).await;
             }
@@ -801,6 +822,10 @@ impl Supervisor {
             return;
         };
         let was_owned = matches!(slot.ownership, Ownership::Owned(_));
+        if let Some(refuser) = slot.refuser.take() {
+            // The runner's commands are the other server's to answer now.
+            refuser.stop().await;
+        }
         slot.ownership = Ownership::Conflict {
             owner: owner.to_string(),
         };
@@ -964,6 +989,9 @@ impl Supervisor {
         self.release().await;
         // Connections left by runners that crashed and were not restarted.
         for slot in self.slots.values_mut() {
+            if let Some(refuser) = slot.refuser.take() {
+                refuser.stop().await;
+            }
             if let Some(link) = slot.link.take() {
                 link.lock().await.shut(CLOSE_TIMEOUT).await;
             }
