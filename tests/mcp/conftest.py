@@ -46,7 +46,13 @@ class Server:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-def start(token: str | None):
+TWO_SUPPLIES = """
+        psu: { model: "emulator", measure_period_ms: 0,
+               security_max_voltage: 30, security_max_current: 5 },
+        other: { model: "emulator", measure_period_ms: 0, security_max_voltage: 12 },"""
+
+
+def start(token: str | None, runners: str = TWO_SUPPLIES):
     if not BIN.exists():
         raise FileNotFoundError(f"{BIN}: build it first (cargo build -p pza-power-supply)")
     broker_port, mcp_port = free_port(), free_port()
@@ -55,11 +61,7 @@ def start(token: str | None):
       broker: {{ tcp: {{ addr: "127.0.0.1", port: {broker_port} }} }},
       mcp: {{ enable: true, port: {mcp_port}, {token_key}
              allowed_origins: ["{ALLOWED_ORIGIN}"] }},
-      runners: {{
-        psu: {{ model: "emulator", measure_period_ms: 0,
-               security_max_voltage: 30, security_max_current: 5 }},
-        other: {{ model: "emulator", measure_period_ms: 0, security_max_voltage: 12 }},
-      }},
+      runners: {{ {runners} }},
     }}"""
     folder = tempfile.mkdtemp(prefix="pza-mcp-")
     path = Path(folder) / "config.json5"
@@ -97,5 +99,13 @@ def server():
 def open_server():
     """No token: for the clients that cannot send one (stdio needs none)."""
     process, server, log = start(None)
+    yield server
+    stop(process, log)
+
+
+@pytest.fixture(scope="module")
+def default_server():
+    """The default config's runner (`emulator`, 0..30 V), no token: for the README's commands."""
+    process, server, log = start(None, 'emulator: { model: "emulator" },')
     yield server
     stop(process, log)

@@ -2,8 +2,8 @@
 tests/mcp-inspector by scripts/test): the commands the README gives."""
 
 import json
+import shlex
 import subprocess
-from pathlib import Path
 
 from conftest import BIN, REPO
 
@@ -72,3 +72,33 @@ def test_inspector_over_stdio(open_server):
     )
     assert code == 0, err
     assert json.loads(out)["structuredContent"]["device"] == "psu"
+
+
+def readme_commands():
+    """The Inspector lines of the README's "Try it with the MCP Inspector"."""
+    section = (REPO / "README.md").read_text().split("**Try it with the MCP Inspector**")[1].split("\n## ")[0]
+    return [shlex.split(line)[1:] for line in section.splitlines() if line.startswith("$I --cli ")]
+
+
+def test_the_readme_inspector_commands_work(default_server):
+    commands = readme_commands()
+    assert len(commands) == 5, commands
+    outcomes = []
+    for args in commands:
+        args = [
+            a.replace(":50051", f":{default_server.mcp_port}")
+            .replace("127.0.0.1:1883", f"127.0.0.1:{default_server.broker_port}")
+            .replace("target/release/pza-power-supply", str(BIN))
+            for a in args
+        ]
+        assert args[0] == "--cli", args
+        code, out, err = inspector(*args[1:])
+        outcomes.append((code, out, err))
+    # tools/list, 5 V, 31 V (refused: exit status 5), measure, stdio tools/list
+    assert [code for code, _, _ in outcomes] == [0, 0, 5, 0, 0], outcomes
+    assert json.loads(outcomes[1][1])["structuredContent"] == {"device": "emulator", "volts": 5.0}
+    refused = json.loads(outcomes[2][1])
+    assert refused["isError"] is True
+    assert refused["content"][0]["text"] == "voltage 31 exceeds security_max_voltage 30"
+    assert json.loads(outcomes[3][1])["structuredContent"]["device"] == "emulator"
+    assert len(json.loads(outcomes[4][1])["tools"]) == 7
