@@ -400,13 +400,18 @@ async fn a_runner_not_running_is_refused_at_once() {
         "{crash}"
     );
     let psu = client.power_supply("p");
-    tokio::time::timeout(WAIT, async {
-        while psu.snapshot().await.ok().and_then(|s| s.status) != Some(Status::Restarting) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the runner waits for its restart");
+    let mut updates = psu.watch();
+    if psu.snapshot().await.ok().and_then(|s| s.status) != Some(Status::Restarting) {
+        tokio::time::timeout(WAIT, async {
+            while let Some(u) = updates.next().await {
+                if u.snapshot.status == Some(Status::Restarting) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the runner waits for its restart");
+    }
     let r = peer
         .call("set_voltage", json!({"device": "p", "volts": 1}))
         .await;
