@@ -37,6 +37,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// One-shot commands to the power supplies of a running server.
     Ctl(crate::ctl::CtlArgs),
+    /// The MCP server on stdin/stdout, for AI assistants that launch a command.
+    Mcp(crate::mcp::McpArgs),
 }
 
 /// The devices that can be simulated.
@@ -107,7 +109,7 @@ pub struct RunArgs {
     /// Do not start the runners.
     #[arg(long)]
     pub no_runners: bool,
-    /// Do not start the MCP server (no MCP server exists yet).
+    /// Do not start the MCP server, even if the config enables it.
     #[arg(long)]
     pub no_mcp: bool,
     /// Do not start the terminal UI (no terminal UI exists yet).
@@ -150,6 +152,7 @@ pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCo
     let options = ServerOptions {
         no_broker: args.no_broker,
         no_runners: args.no_runners,
+        no_mcp: args.no_mcp,
     };
     let server = Server::start(config, Arc::new(Mutex::new(factory)), options).await?;
     let shutdown = server.shutdown_token();
@@ -320,15 +323,16 @@ pub fn list(args: ListArgs, factory: &DriverFactory) -> anyhow::Result<String> {
         }
         if all || args.mcps {
             let mcp = &config.mcp;
+            out.push_str("mcps:\n");
+            let names: Vec<String> = config.runners.keys().cloned().collect();
             let state = if mcp.enable {
-                "enabled in the config, not built yet"
+                ""
             } else {
-                "disabled"
+                " (disabled: set mcp.enable)"
             };
-            out.push_str(&format!(
-                "mcps:\n  mcp {}:{}: {state}\n",
-                mcp.host, mcp.port
-            ));
+            for url in pza_power_supply_mcp::urls(&mcp.host, mcp.port, &names) {
+                out.push_str(&format!("  {url}{state}\n"));
+            }
         }
     }
     Ok(out)

@@ -89,6 +89,12 @@ pub fn resolve(
     merge(args, env.password_env.as_deref(), file.as_ref(), timeout)
 }
 
+/// The options of a client of the server's own broker (the MCP server and
+/// the TUI inside `run`): the config's broker section alone.
+pub fn own_broker(broker: &BrokerConfig, timeout: Duration) -> anyhow::Result<ClientOptions> {
+    merge(&ConnectArgs::default(), None, Some(broker), timeout)
+}
+
 /// The flags over the broker section of the config file.
 fn merge(
     args: &ConnectArgs,
