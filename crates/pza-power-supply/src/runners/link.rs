@@ -135,6 +135,52 @@ impl std::fmt::Debug for MqttLink {
     }
 }
 
+/// Publishes on a link it does not own (see [`MqttLink::publisher`]).
+#[derive(Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    shared: Arc<Shared>,
+}
+
+impl Publisher {
+    /// Publishes at QoS 1. While connected, waits while the request channel
+    /// is full (back-pressure); while disconnected, never waits (see the
+    /// module doc).
+    pub async fn publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        if self.shared.connected.load(Ordering::SeqCst) {
+            self.shared.queued();
+            let queued = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, retain, payload)
+                .await;
+            if let Err(e) = queued {
+                // Never sent, so never acknowledged: given up for lost.
+                self.shared.ack();
+                anyhow::bail!("MQTT client closed: {e}");
+            }
+            return Ok(());
+        }
+        if self.shared.offline_queued.fetch_add(1, Ordering::SeqCst) >= OFFLINE_QUEUE_MAX {
+            tracing::debug!(%topic, "MQTT broker out of reach: message dropped");
+            return Ok(());
+        }
+        self.shared.queued();
+        if let Err(e) = self
+            .client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+        {
+            self.shared.ack();
+            tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
+        }
+        Ok(())
+    }
+}
+
 /// Aborts the task when dropped, so that a runner that panics does not leave
 /// its connection behind.
 struct AbortOnDrop(JoinHandle<()>);
@@ -218,32 +264,16 @@ impl MqttLink {
         retain: bool,
         payload: Vec<u8>,
     ) -> anyhow::Result<()> {
-        if self.is_connected() {
-            self.shared.queued();
-            let queued = self
-                .client
-                .publish(topic, QoS::AtLeastOnce, retain, payload)
-                .await;
-            if let Err(e) = queued {
-                // Never sent, so never acknowledged: given up for lost.
-                self.shared.ack();
-                anyhow::bail!("MQTT client closed: {e}");
-            }
-            return Ok(());
+        self.publisher().publish(topic, retain, payload).await
+    }
+
+    /// A handle that publishes on this link from another task, while the
+    /// owner of the link keeps receiving on it.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            client: self.client.clone(),
+            shared: self.shared.clone(),
         }
-        if self.shared.offline_queued.fetch_add(1, Ordering::SeqCst) >= OFFLINE_QUEUE_MAX {
-            tracing::debug!(%topic, "MQTT broker out of reach: message dropped");
-            return Ok(());
-        }
-        self.shared.queued();
-        if let Err(e) = self
-            .client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
-        {
-            self.shared.ack();
-            tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
-        }
-        Ok(())
     }
 
     /// Waits until every publish made so far was acknowledged by the broker,
