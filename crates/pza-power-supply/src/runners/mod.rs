@@ -1,6 +1,7 @@
 //! Runners and their supervision.
 //!
 //! - [`runner`]: one device on one MQTT connection.
+//! - [`error`]: why a runner ended, typed, with the runner's name.
 //! - [`limits`]: the security limits guard, the one place limits are checked.
 //! - [`restart`]: the restart decisions of one runner, without I/O.
 //! - [`supervisor`]: the `RunnersService`, which starts every runner and
@@ -10,6 +11,7 @@
 //! - [`link`]: an MQTT connection with its own event-loop task.
 //! - [`refuser`]: answers the commands sent to a `Failed` runner.
 
+pub mod error;
 pub mod limits;
 pub mod link;
 pub mod refuser;
@@ -17,6 +19,7 @@ pub mod restart;
 pub mod runner;
 pub mod supervisor;
 
+pub use error::{Cause, RunnerError};
 pub use limits::SecurityLimits;
 pub use runner::{Runner, RunnerControl, RunnerReport, RunnerSettings};
 pub use supervisor::RunnersService;

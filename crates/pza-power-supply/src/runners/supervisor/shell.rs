@@ -4,14 +4,20 @@
 //! machines ([`super::slot`], [`super::ownership`]) what to do, and does it.
 //!
 //! Nothing in the loop sleeps or waits on the network: a runner in backoff
-//! is only a deadline in its slot, and every publish is handed to a
-//! publisher task through a channel. That one channel, drained in order on
-//! the supervisor's own MQTT connection, keeps each runner's statuses in
-//! order, and `Stopped` is the last of them: the shutdown sends it, then
-//! the released claims, then waits for the publisher to drain before it
-//! closes the connection.
+//! is only a deadline in its slot, and a publish never waits. It goes
+//! straight into the MQTT client's request channel when that has room and
+//! nothing is waiting before it; otherwise it is handed to a publisher task
+//! that waits out the back-pressure, and every later publish queues behind
+//! it until that task has caught up. So the supervisor's messages leave in
+//! the order they were made (each runner's statuses in order, `Stopped`
+//! last: the shutdown waits for the publisher task to drain before it
+//! closes the connection), and in the common case a status is on its way
+//! before the loop goes on: `Initializing` is queued before the runner it
+//! announces is started, so it reaches the broker before that runner's
+//! `P/info`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -115,10 +121,14 @@ pub struct Supervisor {
     reports_tx: mpsc::UnboundedSender<RunnerReport>,
     reports: mpsc::UnboundedReceiver<RunnerReport>,
     link: MqttLink,
+    /// Publishes on `link` without waiting, when it can.
+    publisher: Publisher,
     /// To the publisher task. Unbounded, so that the loop never waits: what
     /// it holds is bounded by the events, a few statuses each.
     outbox: mpsc::UnboundedSender<Outgoing>,
-    publisher: JoinHandle<()>,
+    /// Messages handed to the publisher task and not published yet.
+    backlog: Arc<AtomicUsize>,
+    publisher_task: JoinHandle<()>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
 }
@@ -127,7 +137,10 @@ impl Supervisor {
     pub fn new(parts: Parts) -> Supervisor {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (outbox, outgoing) = mpsc::unbounded_channel();
-        let publisher = tokio::spawn(publish_all(parts.link.publisher(), outgoing));
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let publisher = parts.link.publisher();
+        let publisher_task =
+            tokio::spawn(publish_all(publisher.clone(), outgoing, backlog.clone()));
         Supervisor {
             instance: parts.instance,
             claims: parts.claims,
@@ -141,8 +154,10 @@ impl Supervisor {
             reports_tx,
             reports,
             link: parts.link,
-            outbox,
             publisher,
+            outbox,
+            backlog,
+            publisher_task,
             shutdown: parts.shutdown,
             shutdown_timeout: parts.shutdown_timeout,
         }
@@ -173,8 +188,16 @@ impl Supervisor {
         self.stop_all().await
     }
 
-    /// Hands a message to the publisher task.
+    /// Publishes without waiting: at once if the client has room and no
+    /// earlier message waits, else through the publisher task (see the
+    /// module doc).
     fn send(&self, topic: String, retain: bool, payload: Vec<u8>) {
+        if self.backlog.load(Ordering::SeqCst) == 0
+            && self.publisher.try_publish(&topic, retain, &payload)
+        {
+            return;
+        }
+        self.backlog.fetch_add(1, Ordering::SeqCst);
         let outgoing = Outgoing {
             topic,
             retain,
@@ -295,11 +318,19 @@ impl Supervisor {
             reports: self.reports_tx.clone(),
             generation,
             link,
+            announced: None,
         };
         runner.stop = Some(stop);
         for action in actions {
             self.apply_now(name, action);
         }
+        // Whatever is still with the publisher task is published before the
+        // mark is reached.
+        let pending = self.backlog.load(Ordering::SeqCst) as u64;
+        let control = RunnerControl {
+            announced: Some(self.publisher.mark(pending)),
+            ..control
+        };
         let handle = Runner::start(settings, driver, control);
         if self.handles.send((name.to_string(), handle)).await.is_err() {
             tracing::error!(
@@ -582,14 +613,14 @@ impl Supervisor {
         }
         let Supervisor {
             outbox,
-            publisher,
+            publisher_task,
             link,
             monitor,
             ..
         } = self;
         // Every message handed over goes out before the connection closes.
         drop(outbox);
-        if let Err(e) = publisher.await {
+        if let Err(e) = publisher_task.await {
             tracing::error!(error = %e, "the supervisor's publisher ended badly");
         }
         link.close(CLOSE_TIMEOUT).await;
@@ -601,7 +632,11 @@ impl Supervisor {
 
 /// The publisher task: sends the supervisor's messages in order, waiting
 /// out the connection's back-pressure so that the loop does not.
-async fn publish_all(publisher: Publisher, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+async fn publish_all(
+    publisher: Publisher,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    backlog: Arc<AtomicUsize>,
+) {
     while let Some(message) = outgoing.recv().await {
         let topic = message.topic.clone();
         if let Err(e) = publisher
@@ -610,6 +645,9 @@ async fn publish_all(publisher: Publisher, mut outgoing: mpsc::UnboundedReceiver
         {
             tracing::error!(%topic, error = %e, "cannot publish");
         }
+        // Only now may a later message skip this task: this one is in the
+        // client's channel before it.
+        backlog.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
