@@ -1,16 +1,19 @@
 //! One runner: one device on one MQTT connection.
 //!
 //! The runner task initializes the driver, waits until its connection is
-//! subscribed, reads the device state (clamping a setpoint found outside the
+//! subscribed and until the broker has the supervisor's `Initializing` for
+//! this start (so that what the runner publishes comes after it), reads the
+//! device state (clamping a setpoint found outside the
 //! security limits), publishes `P/info` and the state retained and reports
 //! `Running`. Then it serves commands one at a time, and measures every
 //! `measure_period` in two steps (voltage, then current) with commands
 //! served in between, so that a command waits behind at most one device
 //! request of a measurement. Every driver call runs under `command_timeout`.
 //!
-//! The task ends with `Ok` when it is stopped, and with `Err` when the driver
-//! reports a fatal error (the link to the device is in an unknown state): the
-//! supervisor then restarts it with a fresh driver. A panic in a driver call
+//! The task ends with `Ok` when it is stopped, and with a [`RunnerError`]
+//! (the runner's name over a [`Cause`], which wraps the `DriverError`) when
+//! the driver reports a fatal error (the link to the device is in an unknown
+//! state): the supervisor then restarts it with a fresh driver. A panic in a driver call
 //! is caught, answered on `P/error` like a fatal error, and then resumed, so
 //! that the `TaskMonitor` still sees (and the supervisor counts) a panic.
 //!

@@ -3,11 +3,11 @@
 //! shutdown.
 //!
 //! Split as rumqttc splits `state.rs` from `eventloop.rs`:
-//! - [`slot`]: one runner's supervision as a pure state machine (`Live`,
+//! - `slot`: one runner's supervision as a pure state machine (`Live`,
 //!   `Backoff`, `Failed`, `Stopped`) whose transitions return actions;
-//! - [`ownership`]: the multi-server claim protocol, returning decisions
+//! - `ownership`: the multi-server claim protocol, returning decisions
 //!   (`Claim`, `Keep`, `Yield`, `Start`);
-//! - [`shell`]: the one task that `select!`s over the monitor's events, the
+//! - `shell`: the one task that `select!`s over the monitor's events, the
 //!   runners' reports, the MQTT messages, the earliest restart deadline and
 //!   the shutdown, and carries the actions out.
 //!
