@@ -325,12 +325,8 @@ mod tests {
 
     fn policy() -> RestartPolicy {
         RestartPolicy {
-            initial_delay: Duration::from_millis(100),
-            multiplier: 2.0,
-            max_delay: Duration::from_millis(1000),
-            jitter: 0.0,
             max_retries: 2,
-            reset_after: Duration::from_secs(60),
+            ..crate::runners::restart::test_policy()
         }
     }
 
@@ -373,6 +369,19 @@ mod tests {
         slot
     }
 
+    /// Crashes the live runner, waits out the backoff and starts it again;
+    /// returns the new start's generation.
+    async fn crash_and_restart(slot: &mut Slot, cause: &str) -> u64 {
+        slot.on_ended(crash(cause), true, Instant::now(), NO_JITTER);
+        let deadline = slot.deadline().expect("a restart is due");
+        tokio::time::sleep_until(deadline).await;
+        assert_eq!(
+            slot.due(Instant::now()),
+            vec![Action::Launch { restart: true }]
+        );
+        slot.launched(true).0
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_crash_backs_off_then_restarts_at_the_deadline() {
         let mut slot = running_slot();
@@ -401,13 +410,7 @@ mod tests {
     async fn the_policy_gives_up_and_the_failed_runner_refuses_commands() {
         let mut slot = running_slot();
         for _ in 0..2 {
-            slot.on_ended(crash("boom"), true, Instant::now(), NO_JITTER);
-            advance(Duration::from_secs(1)).await;
-            assert_eq!(
-                slot.due(Instant::now()),
-                vec![Action::Launch { restart: true }]
-            );
-            slot.launched(true);
+            crash_and_restart(&mut slot, "boom").await;
         }
         let actions = slot.on_ended(crash("boom"), true, Instant::now(), NO_JITTER);
         assert_eq!(
@@ -451,10 +454,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn restart_cmd_in_backoff_restarts_now_from_the_first_delay() {
         let mut slot = running_slot();
-        slot.on_ended(crash("one"), true, Instant::now(), NO_JITTER);
-        advance(Duration::from_secs(1)).await;
-        slot.due(Instant::now());
-        slot.launched(true);
+        crash_and_restart(&mut slot, "one").await;
         slot.on_ended(crash("two"), true, Instant::now(), NO_JITTER);
         assert!(matches!(slot.state(), State::Backoff { attempt: 2, .. }));
         let actions = slot.on_restart_cmd(Some("id-1".into()));
@@ -576,10 +576,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn running_for_reset_after_starts_again_from_the_first_delay() {
         let mut slot = running_slot();
-        slot.on_ended(crash("one"), true, Instant::now(), NO_JITTER);
-        advance(Duration::from_secs(1)).await;
-        slot.due(Instant::now());
-        let (generation, _) = slot.launched(true);
+        let generation = crash_and_restart(&mut slot, "one").await;
         slot.on_running(generation, false, Instant::now());
         advance(policy().reset_after).await;
         let actions = slot.on_ended(crash("two"), true, Instant::now(), NO_JITTER);
@@ -593,10 +590,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn running_shorter_than_reset_after_keeps_counting() {
         let mut slot = running_slot();
-        slot.on_ended(crash("one"), true, Instant::now(), NO_JITTER);
-        advance(Duration::from_secs(1)).await;
-        slot.due(Instant::now());
-        let (generation, _) = slot.launched(true);
+        let generation = crash_and_restart(&mut slot, "one").await;
         slot.on_running(generation, false, Instant::now());
         advance(policy().reset_after - Duration::from_millis(1)).await;
         let actions = slot.on_ended(crash("two"), true, Instant::now(), NO_JITTER);
