@@ -176,6 +176,9 @@ impl Slot {
         let mut actions = vec![self.publish(Status::Panicking)];
         match self.tracker.crashed(&self.policy, now, random) {
             Decision::Restart { attempt, delay } => {
+                // A revived runner whose driver cannot be built backs off
+                // like any other: commands wait for the next start.
+                actions.push(Action::StopRefusing);
                 self.state = State::Backoff {
                     deadline: now + delay,
                     attempt,
@@ -607,6 +610,7 @@ mod tests {
         advance(Duration::from_secs(1)).await;
         slot.due(Instant::now());
         let actions = slot.launch_failed(true, "no port".into(), Instant::now(), NO_JITTER);
+        assert!(actions.contains(&Action::StopRefusing));
         let restarting = report(&actions, Status::Restarting);
         assert_eq!(restarting.restarts, 1);
         assert_eq!(restarting.panic_message.as_deref(), Some("no port"));
