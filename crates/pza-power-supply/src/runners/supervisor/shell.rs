@@ -11,10 +11,11 @@
 //! it until that task has caught up. So the supervisor's messages leave in
 //! the order they were made (each runner's statuses in order, `Stopped`
 //! last: the shutdown waits for the publisher task to drain before it
-//! closes the connection), and in the common case a status is on its way
-//! before the loop goes on: `Initializing` is queued before the runner it
-//! announces is started, so it reaches the broker before that runner's
-//! `P/info`.
+//! closes the connection). A runner started is given a mark on those
+//! messages, and publishes nothing before the broker has acknowledged them,
+//! so that its `Restarting` and `Initializing` are on the broker before its
+//! `P/info` (MQTT orders per topic only; this keeps one subscription to
+//! `P/#` on the embedded broker in order).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
