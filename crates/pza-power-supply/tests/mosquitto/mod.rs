@@ -54,6 +54,17 @@ fn binary() -> PathBuf {
     "mosquitto".into()
 }
 
+/// How many times a broker is started on fresh ports when one was taken.
+const START_ATTEMPTS: usize = 5;
+
+/// One of mosquitto's ports was taken by another process before it bound it.
+struct PortTaken;
+
+/// How many times the log says that mosquitto started.
+fn running_lines(log: &str) -> usize {
+    log.lines().filter(|l| l.ends_with(" running")).count()
+}
+
 /// A fresh folder under the system temp folder.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -86,65 +97,75 @@ impl Mosquitto {
     /// and returns once every listener accepts connections.
     pub async fn start(listeners: &[Listener]) -> Mosquitto {
         let dir = temp_dir("mosquitto");
-        let ports = distinct_free_ports(listeners.len());
-        // mosquitto started as root drops to user `mosquitto`, which could
-        // not read the files here; `user root` keeps it (ignored otherwise).
-        // No limit on queued QoS 1 messages per client (the default, 1000,
-        // drops messages under the load test).
-        let mut conf = String::from("per_listener_settings true\npersistence false\nuser root\nlog_dest stderr\nlog_type all\nlog_timestamp false\nmax_queued_messages 0\n");
-        for (i, (listener, port)) in listeners.iter().zip(&ports).enumerate() {
-            conf.push_str(&format!("\nlistener {port} 127.0.0.1\n"));
-            match listener {
-                Listener::Anonymous => conf.push_str("allow_anonymous true\n"),
-                Listener::Password(users) => {
-                    let file = dir.join(format!("passwd-{i}"));
-                    for (n, (user, password)) in users.iter().enumerate() {
-                        let mut cmd = Command::new("mosquitto_passwd");
-                        if n == 0 {
-                            cmd.arg("-c");
+        // A port found free may be taken by someone else before mosquitto
+        // binds it (tests run in parallel): then mosquitto says so and
+        // exits, and the broker is started again on other ports.
+        for _ in 0..START_ATTEMPTS {
+            // A failed attempt's broker removed the folder when dropped.
+            std::fs::create_dir_all(&dir).expect("create the broker's folder");
+            let ports = distinct_free_ports(listeners.len());
+            // mosquitto started as root drops to user `mosquitto`, which could
+            // not read the files here; `user root` keeps it (ignored otherwise).
+            // No limit on queued QoS 1 messages per client (the default, 1000,
+            // drops messages under the load test).
+            let mut conf = String::from("per_listener_settings true\npersistence false\nuser root\nlog_dest stderr\nlog_type all\nlog_timestamp false\nmax_queued_messages 0\n");
+            for (i, (listener, port)) in listeners.iter().zip(&ports).enumerate() {
+                conf.push_str(&format!("\nlistener {port} 127.0.0.1\n"));
+                match listener {
+                    Listener::Anonymous => conf.push_str("allow_anonymous true\n"),
+                    Listener::Password(users) => {
+                        let file = dir.join(format!("passwd-{i}"));
+                        for (n, (user, password)) in users.iter().enumerate() {
+                            let mut cmd = Command::new("mosquitto_passwd");
+                            if n == 0 {
+                                cmd.arg("-c");
+                            }
+                            let status = cmd
+                                .arg("-b")
+                                .arg(&file)
+                                .arg(user)
+                                .arg(password)
+                                .stdout(Stdio::null())
+                                .stderr(Stdio::null())
+                                .status()
+                                .expect("mosquitto_passwd runs (scripts/test installs mosquitto)");
+                            assert!(status.success(), "mosquitto_passwd failed");
                         }
-                        let status = cmd
-                            .arg("-b")
-                            .arg(&file)
-                            .arg(user)
-                            .arg(password)
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status()
-                            .expect("mosquitto_passwd runs (scripts/test installs mosquitto)");
-                        assert!(status.success(), "mosquitto_passwd failed");
+                        conf.push_str(&format!(
+                            "allow_anonymous false\npassword_file {}\n",
+                            file.display()
+                        ));
                     }
-                    conf.push_str(&format!(
-                        "allow_anonymous false\npassword_file {}\n",
-                        file.display()
-                    ));
-                }
-                Listener::Tls {
-                    certs,
-                    require_client_cert,
-                } => {
-                    let files = certs.write(&dir);
-                    conf.push_str(&format!(
-                        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
-                        files.ca.display(),
-                        files.server_cert.display(),
-                        files.server_key.display(),
-                        require_client_cert
-                    ));
+                    Listener::Tls {
+                        certs,
+                        require_client_cert,
+                    } => {
+                        let files = certs.write(&dir);
+                        conf.push_str(&format!(
+                            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                            files.ca.display(),
+                            files.server_cert.display(),
+                            files.server_key.display(),
+                            require_client_cert
+                        ));
+                    }
                 }
             }
+            let conf_path = dir.join("mosquitto.conf");
+            std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+            let mut broker = Mosquitto {
+                log: dir.join("mosquitto.log"),
+                dir: dir.clone(),
+                ports,
+                conf: conf_path,
+                child: None,
+            };
+            match broker.spawn().await {
+                Ok(()) => return broker,
+                Err(PortTaken) => broker.kill(),
+            }
         }
-        let conf_path = dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let mut broker = Mosquitto {
-            log: dir.join("mosquitto.log"),
-            dir,
-            ports,
-            conf: conf_path,
-            child: None,
-        };
-        broker.spawn().await;
-        broker
+        panic!("mosquitto found its ports taken {START_ATTEMPTS} times in a row");
     }
 
     /// The port of the first listener.
@@ -152,7 +173,11 @@ impl Mosquitto {
         self.ports[0]
     }
 
-    async fn spawn(&mut self) {
+    /// Starts mosquitto and waits until it has opened all its listeners
+    /// (its log says `running`) and each accepts; `PortTaken` when one of
+    /// its ports was taken by another process first.
+    async fn spawn(&mut self) -> Result<(), PortTaken> {
+        let runs_before = running_lines(&self.log());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -168,23 +193,30 @@ impl Mosquitto {
             .expect("mosquitto starts (scripts/test installs the Debian package)");
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + START_LIMIT;
-        for port in self.ports.clone() {
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break;
-                }
-                if let Some(child) = self.child.as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        panic!("mosquitto exited ({status}) at start:\n{}", self.log());
-                    }
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "mosquitto does not accept on port {port} within {START_LIMIT:?}:\n{}",
-                    self.log()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let log = self.log();
+            if running_lines(&log) > runs_before
+                && self
+                    .ports
+                    .iter()
+                    .all(|port| TcpStream::connect(("127.0.0.1", *port)).is_ok())
+            {
+                return Ok(());
             }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    if log.contains("Address already in use") {
+                        return Err(PortTaken);
+                    }
+                    panic!("mosquitto exited ({status}) at start:\n{log}");
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto does not accept on its ports {:?} within {START_LIMIT:?}:\n{log}",
+                self.ports
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -199,7 +231,12 @@ impl Mosquitto {
     /// Starts the broker again on the same ports, with the same config.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        if self.spawn().await.is_err() {
+            panic!(
+                "mosquitto's port was taken while it was stopped:\n{}",
+                self.log()
+            );
+        }
     }
 
     /// What mosquitto logged so far.
