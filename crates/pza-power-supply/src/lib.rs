@@ -14,6 +14,7 @@
 //! - [`server`]: assembles the embedded broker and the runners, and shuts down.
 //! - [`simulator`]: simulated devices on pseudo-terminals (a KD3005P), to run
 //!   and test the whole stack without hardware.
+//! - [`tui`]: the terminal UI, a client of the runners like `ctl`.
 //! - [`cli`]: the command line; [`ctl`] its one-shot client commands, and
 //!   [`connect`] the `CONNECT` flags that reach a running server's broker.
 
@@ -25,5 +26,6 @@ pub mod drivers;
 pub mod runners;
 pub mod server;
 pub mod simulator;
+pub mod tui;
 
 pub use pza_power_supply_protocol as protocol;
