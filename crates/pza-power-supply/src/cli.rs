@@ -130,7 +130,14 @@ pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCo
     let config = load_config(&args.config, &factory)?;
     let tui = if config.tui.enable && !args.no_tui && std::io::stdout().is_terminal() {
         let options = crate::connect::for_broker(&config.broker, DEFAULT_TIMEOUT)?;
-        Some((options, tui_settings(&config.tui.power_toggle_key, true)))
+        // From now on, logs wait for the UI's pane rather than print on
+        // the screen it is about to take.
+        let capture = crate::tui::log::Capture::start();
+        Some((
+            options,
+            tui_settings(&config.tui.power_toggle_key, true),
+            capture,
+        ))
     } else {
         None
     };
@@ -141,10 +148,23 @@ pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCo
         no_broker: args.no_broker,
         no_runners: args.no_runners,
     };
-    let server = Server::start(config, Arc::new(Mutex::new(factory)), options).await?;
+    let server = match Server::start(config, Arc::new(Mutex::new(factory)), options).await {
+        Ok(server) => server,
+        Err(e) => {
+            if let Some((_, _, capture)) = tui {
+                capture.release();
+            }
+            return Err(e);
+        }
+    };
     let shutdown = server.shutdown_token();
-    let tui = tui.map(|(options, settings)| {
-        tokio::spawn(run_embedded_tui(options, settings, shutdown.clone()))
+    let tui = tui.map(|(options, settings, capture)| {
+        tokio::spawn(run_embedded_tui(
+            options,
+            settings,
+            capture,
+            shutdown.clone(),
+        ))
     });
     tokio::spawn(async move {
         // The shutdown starts with a signal, or with `q` in the terminal UI.
@@ -185,21 +205,26 @@ fn tui_settings(toggle_key: &str, embedded: bool) -> crate::tui::Settings {
 async fn run_embedded_tui(
     options: pza_power_supply_client::ClientOptions,
     mut settings: crate::tui::Settings,
+    capture: crate::tui::log::Capture,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     settings.source = source(&options);
     let client = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => {
+            capture.release();
+            return;
+        }
         client = pza_power_supply_client::Client::connect(options) => client,
     };
     let client = match client {
         Ok(client) => client,
         Err(e) => {
+            capture.release();
             tracing::error!("no terminal UI: cannot reach the server's broker: {e}");
             return;
         }
     };
-    let outcome = crate::tui::run(client, settings, shutdown.clone()).await;
+    let outcome = crate::tui::run(client, settings, shutdown.clone(), capture).await;
     if !shutdown.is_cancelled() {
         tracing::info!("shutting down (quit from the terminal UI)");
     }
@@ -241,7 +266,7 @@ pub async fn tui(args: TuiArgs, factory: &DriverFactory) -> anyhow::Result<ExitC
         signals.recv().await;
         stop_on_signal.cancel();
     });
-    let outcome = crate::tui::run(client, settings, stop).await;
+    let outcome = crate::tui::run(client, settings, stop, crate::tui::log::Capture::start()).await;
     signal_task.abort();
     outcome?;
     Ok(ExitCode::SUCCESS)

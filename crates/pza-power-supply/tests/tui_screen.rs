@@ -485,9 +485,14 @@ fn a_refusal_by_the_server_shows_its_message() {
     assert_eq!(cell.fg, Color::Red);
     assert!(cell.modifier.contains(Modifier::BOLD));
     assert_eq!(app.notice.as_ref().unwrap().kind, NoticeKind::Error);
-    // Logged once, not once per channel it came by.
+    // Logged once, not once per channel it came by, in either order.
     let logged: Vec<_> = app.log.iter().filter(|l| l.contains(message)).collect();
     assert_eq!(logged, [&refused], "{:?}", app.log);
+    app.on_done("psu-1", Command::SetVoltage(31.0), Err(message.into()));
+    let u = update(&app, "psu-1", Change::Error(message.into()));
+    app.on_update(u, now);
+    let logged = app.log.iter().filter(|l| l.contains(message)).count();
+    assert_eq!(logged, 2, "{:?}", app.log);
 
     app.on_done("psu-1", Command::SetVoltage(5.0), Ok(Outcome::Voltage(5.0)));
     let buffer = render(&app, 80, 24);

@@ -353,7 +353,19 @@ impl App {
                 device.current_history.push(now, *current);
             }
             Change::Error(message) => {
-                line = Some(format!("{}: error: {message}", update.name));
+                // A refusal of our own command may have been logged first,
+                // from the command's answer: one line says it all.
+                let prefix = format!("{}: ", update.name);
+                let suffix = format!(" refused: {message}");
+                let logged = self
+                    .log
+                    .iter()
+                    .rev()
+                    .take(LOG_ECHO_WINDOW)
+                    .any(|l| l.starts_with(&prefix) && l.ends_with(&suffix));
+                if !logged {
+                    line = Some(format!("{}: error: {message}", update.name));
+                }
             }
             Change::Output(_) | Change::Voltage(_) | Change::Current(_) | Change::Info(_) => {}
         }
@@ -404,8 +416,8 @@ impl App {
                 (text, NoticeKind::Info)
             }
             Err(message) => {
-                // The refusal also came as a P/error update, logged just
-                // before: one line says it all.
+                // The refusal also comes as a P/error update, which may have
+                // been logged just before: one line says it all.
                 let echo = format!("{name}: error: {message}");
                 if let Some(at) = self
                     .log

@@ -39,6 +39,17 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Ends the capture, printing on stderr what nobody showed (when the UI
+    /// could not start after all).
+    pub fn release(mut self) {
+        stop();
+        while let Ok(line) = self.lines.try_recv() {
+            eprintln!("{line}");
+        }
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         stop();

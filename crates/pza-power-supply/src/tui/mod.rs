@@ -41,13 +41,15 @@ pub const FRAME_INTERVAL: Duration = Duration::from_millis(100);
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the UI until `q`/Ctrl+C, or until `shutdown` is cancelled; the
-/// terminal is restored and logs go back to stderr when it returns.
+/// terminal is restored and logs go back to stderr when it returns. The log
+/// lines of `capture` (started by the caller, early enough to catch the
+/// server's start-up) fill the log pane.
 pub async fn run(
     client: Client,
     settings: Settings,
     shutdown: CancellationToken,
+    capture: log::Capture,
 ) -> anyhow::Result<()> {
-    let capture = log::Capture::start();
     term::InUi(Box::pin(event_loop(client, settings, shutdown, capture))).await
 }
 
