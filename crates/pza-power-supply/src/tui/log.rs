@@ -145,9 +145,8 @@ mod tests {
             tracing::info!("before");
             let mut capture = Capture::start();
             tracing::warn!("during");
-            drop(capture.lines.try_recv().map(|line| {
-                assert!(line.contains("WARN") && line.ends_with("during"), "{line}");
-            }));
+            let line = capture.lines.try_recv().expect("the line reached the pane");
+            assert!(line.contains("WARN") && line.ends_with("during"), "{line}");
             assert!(capture.lines.try_recv().is_err());
             drop(capture);
             tracing::info!("after");
