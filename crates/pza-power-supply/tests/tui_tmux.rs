@@ -273,3 +273,18 @@ async fn run_shows_the_tui_with_its_logs_in_the_pane_and_q_shuts_down() {
     };
     assert_eq!(status.trim(), "0");
 }
+
+#[test]
+fn tui_without_a_terminal_says_so() {
+    let output = Command::new(BIN)
+        .args(["tui", "--broker", "127.0.0.1:1"])
+        .env_remove("PZA_POWER_SUPPLY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "pza-power-supply: tui needs a terminal: stdout is not one"
+    );
+}

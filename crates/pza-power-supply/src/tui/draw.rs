@@ -140,44 +140,54 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect) {
         header.push("Limits");
         widths.push(Constraint::Length(18));
     }
-    let rows = app.devices.iter().map(|(name, device)| {
-        let s = &device.snapshot;
-        let (vd, cd) = (device.voltage_decimals(), device.current_decimals());
-        let (status, status_style) = status_cell(device, app.now);
-        let output = match s.output {
-            Some(true) => Span::styled(
-                "ON",
-                Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
-            ),
-            Some(false) => Span::styled("OFF", Style::new().fg(Color::Gray)),
-            None => Span::styled(UNKNOWN, Style::new().fg(Color::DarkGray)),
-        };
-        let mut cells = vec![
-            Line::from(name.clone()),
-            Line::from(
-                s.info
-                    .as_ref()
-                    .map_or(UNKNOWN.to_owned(), |i| i.model.clone()),
-            ),
-            Line::from(Span::styled(status, status_style)),
-            Line::from(s.restarts.to_string()).alignment(Alignment::Right),
-            Line::from(output),
-            Line::from(value(s.voltage, vd, "V")).alignment(Alignment::Right),
-            Line::from(value(s.current, cd, "A")).alignment(Alignment::Right),
-            Line::from(value(s.measured_voltage, vd, "V")).alignment(Alignment::Right),
-            Line::from(value(s.measured_current, cd, "A")).alignment(Alignment::Right),
-        ];
-        if wide {
-            cells.push(Line::from(limits(s.info.as_ref())));
-        }
-        Row::new(cells)
-    });
+    // Only the rows on screen are built (a server may have a thousand
+    // supplies); the selection stays in view, at the bottom when scrolled.
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    let selected = app.selected_index();
+    let offset = selected.map_or(0, |i| (i + 1).saturating_sub(visible));
+    let rows = app
+        .devices
+        .iter()
+        .skip(offset)
+        .take(visible)
+        .map(|(name, device)| {
+            let s = &device.snapshot;
+            let (vd, cd) = (device.voltage_decimals(), device.current_decimals());
+            let (status, status_style) = status_cell(device, app.now);
+            let output = match s.output {
+                Some(true) => Span::styled(
+                    "ON",
+                    Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
+                ),
+                Some(false) => Span::styled("OFF", Style::new().fg(Color::Gray)),
+                None => Span::styled(UNKNOWN, Style::new().fg(Color::DarkGray)),
+            };
+            let mut cells = vec![
+                Line::from(name.clone()),
+                Line::from(
+                    s.info
+                        .as_ref()
+                        .map_or(UNKNOWN.to_owned(), |i| i.model.clone()),
+                ),
+                Line::from(Span::styled(status, status_style)),
+                Line::from(s.restarts.to_string()).alignment(Alignment::Right),
+                Line::from(output),
+                Line::from(value(s.voltage, vd, "V")).alignment(Alignment::Right),
+                Line::from(value(s.current, cd, "A")).alignment(Alignment::Right),
+                Line::from(value(s.measured_voltage, vd, "V")).alignment(Alignment::Right),
+                Line::from(value(s.measured_current, cd, "A")).alignment(Alignment::Right),
+            ];
+            if wide {
+                cells.push(Line::from(limits(s.info.as_ref())));
+            }
+            Row::new(cells)
+        });
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
         .block(Block::bordered().title(format!(" Power supplies ({}) ", app.devices.len())))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("▶ ");
-    let mut state = TableState::default().with_selected(app.selected_index());
+    let mut state = TableState::default().with_selected(selected.map(|i| i - offset));
     frame.render_stateful_widget(table, area, &mut state);
 }
 
