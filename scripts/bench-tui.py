@@ -7,7 +7,8 @@ subscriber at most 100 retained messages), `pza-power-supply tui` in a private 8
 as the baseline of the same run, `mosquitto_sub -t 'power-supply/#'` receiving the same messages
 into /dev/null. CPU is utime+stime from /proc/<pid>/stat over the window (per-second samples give
 the median and p99). Latency: a key (j/k) is sent with tmux send-keys and the pane is read every
-few ms until the selection marker has moved (the capture itself costs a few ms: an upper bound).
+few ms until the selection marker has moved; the floor of that method is measured in the same
+run with the same keys sent to `cat`.
 
 Usage: scripts/bench-tui.py [--runners 10,100,500] [--period-ms 200] [--seconds 30]
        [--keys 40] [--bin target/release/pza-power-supply]
@@ -75,6 +76,41 @@ def selected_row(screen):
     return None
 
 
+def key_latency(tmux, keys, moved):
+    """Sends j/k `keys` times; the time until `moved(before, screen)` is true, in ms."""
+    latencies = []
+    for i in range(keys):
+        before = tmux.screen()
+        sent = time.monotonic()
+        tmux.run("send-keys", "-t", "ui", "j" if i % 2 == 0 else "k")
+        while True:
+            if moved(before, tmux.screen()):
+                latencies.append((time.monotonic() - sent) * 1000)
+                break
+            if time.monotonic() - sent > 5:
+                latencies.append(5000.0)
+                break
+            time.sleep(0.002)
+        time.sleep(0.05)
+    return latencies
+
+
+def floor_latency(args):
+    """The method's own floor: the same keys to `cat`, which echoes them at once."""
+    tmux = Tmux("floor")
+    try:
+        tmux.run("new-session", "-d", "-s", "ui", "-x", "80", "-y", "24", "exec cat")
+        return key_latency(tmux, args.keys, lambda before, now: now.count("j") + now.count("k")
+                           > before.count("j") + before.count("k"))
+    finally:
+        tmux.kill()
+
+
+def selection_moved(before, now):
+    a, b = selected_row(before), selected_row(now)
+    return a is not None and b is not None and a[0] != b[0]
+
+
 def measure(n, args, folder):
     port = free_port()
     conf = os.path.join(folder, f"mosquitto-{n}.conf")
@@ -124,22 +160,7 @@ def measure(n, args, folder):
         elapsed = time.monotonic() - t0
         cpu = {k: (last[k] - start[k]) / elapsed * 100 for k in pids}
 
-        latencies = []
-        for i in range(args.keys):
-            before = selected_row(tmux.screen())
-            key = "j" if i % 2 == 0 else "k"
-            sent = time.monotonic()
-            tmux.run("send-keys", "-t", "ui", key)
-            while True:
-                row = selected_row(tmux.screen())
-                if row and before and row[0] != before[0]:
-                    latencies.append((time.monotonic() - sent) * 1000)
-                    break
-                if time.monotonic() - sent > 5:
-                    latencies.append(5000.0)
-                    break
-                time.sleep(0.002)
-            time.sleep(0.05)
+        latencies = key_latency(tmux, args.keys, selection_moved)
         tmux.run("send-keys", "-t", "ui", "q")
         return cpu, per_second, latencies
     finally:
@@ -168,6 +189,9 @@ def main():
     print("| runners | msgs/s | tui CPU (median, p99 of 1 s) | mosquitto_sub CPU (baseline) | "
           "ratio | server CPU | key→screen median | p99 |")
     print("|---|---|---|---|---|---|---|---|")
+    floor = floor_latency(args)
+    print(f"| floor: keys to `cat` in the same tmux (baseline) | | | | | | "
+          f"{statistics.median(floor):.0f} ms | {percentile(floor, 99):.0f} ms |")
     with tempfile.TemporaryDirectory() as folder:
         for n in counts:
             cpu, per_second, lat = measure(n, args, folder)

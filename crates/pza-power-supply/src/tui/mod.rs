@@ -12,8 +12,8 @@
 //! - [`log`]: log lines to the pane instead of stderr while the UI runs.
 //! - `term`: raw mode and the alternate screen, restored on every exit path.
 //! - [`run`] (here): the event loop, which only waits: on keys, updates, the
-//!   answers to commands, log lines and a slow tick; it redraws when
-//!   something changed, at most every [`FRAME_INTERVAL`].
+//!   answers to commands, log lines and a slow tick; it redraws at once
+//!   after a key, and after other changes at most every [`FRAME_INTERVAL`].
 
 pub mod app;
 pub mod draw;
@@ -79,6 +79,8 @@ async fn event_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut watching = true;
     let mut dirty = true;
+    // A key is answered on screen at once; updates wait for the next frame.
+    let mut key_pressed = false;
     let mut last_draw: Option<Instant> = None;
     loop {
         if app.should_quit() {
@@ -86,13 +88,14 @@ async fn event_loop(
         }
         let now = Instant::now();
         let next_frame = last_draw.map_or(now, |t| t + FRAME_INTERVAL);
-        if dirty && now >= next_frame {
+        if dirty && (key_pressed || now >= next_frame) {
             app.now = now.into_std();
             screen
                 .terminal
                 .draw(|frame| draw(frame, &app))
                 .map_err(|e| anyhow::anyhow!("cannot draw on the terminal: {e}"))?;
             dirty = false;
+            key_pressed = false;
             last_draw = Some(now);
         }
         tokio::select! {
@@ -109,6 +112,7 @@ async fn event_loop(
                         });
                     }
                     dirty = true;
+                    key_pressed = true;
                 }
                 Some(Ok(Event::Resize(..))) => dirty = true,
                 Some(Ok(_)) => {}
