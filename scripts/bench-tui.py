@@ -60,13 +60,14 @@ class Tmux:
         self.run("kill-server", check=False)
 
 
-def wait_for(pred, what, timeout):
+def wait_for(pred, what, timeout, tmux=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
+    screen = tmux.screen() if tmux else ""
+    raise SystemExit(f"timed out waiting for {what}; the screen:\n{screen}")
 
 
 def selected_row(screen):
@@ -134,19 +135,27 @@ def measure(n, args, folder):
         server = subprocess.Popen([args.bin, "run", "--config", config, "--no-tui"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(server)
+        # The baseline's output, one line per message, also counts the messages really sent.
+        sub_out = open(os.path.join(folder, f"sub-{n}.txt"), "w")
         sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t",
-                                "power-supply/#"], stdout=subprocess.DEVNULL)
+                                "power-supply/#"], stdout=sub_out)
         procs.append(sub)
         home = tempfile.mkdtemp(dir=folder)
         tmux.run("new-session", "-d", "-s", "ui", "-x", "80", "-y", "24",
                  f"exec env HOME={home} RUST_LOG=warn {args.bin} tui --broker 127.0.0.1:{port}")
         tui_pid = int(tmux.run("list-panes", "-t", "ui", "-F", "#{pane_pid}").stdout.strip())
-        wait_for(lambda: f"Power supplies ({n})" in tmux.screen(), f"{n} supplies on screen", 120)
+        wait_for(lambda: f"Power supplies ({n})" in tmux.screen(),
+                 f"{n} supplies on screen", 120, tmux)
         # Every runner Running: no row left in another status.
-        wait_for(lambda: "Initializing" not in tmux.screen(), "runners Running", 120)
+        wait_for(lambda: "Initializing" not in tmux.screen(), "runners Running", 120, tmux)
         time.sleep(2)
 
+        running = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t",
+                                  "power-supply/+/status", "-W", "2"],
+                                 capture_output=True, text=True).stdout.count('"Running"')
         pids = {"tui": tui_pid, "mosquitto_sub": sub.pid, "server": server.pid}
+        sub_out.flush()
+        lines_before = sum(1 for _ in open(sub_out.name))
         start = {k: cpu_seconds(p) for k, p in pids.items()}
         last = dict(start)
         per_second = {k: [] for k in pids}
@@ -159,10 +168,11 @@ def measure(n, args, folder):
                 last[k] = now
         elapsed = time.monotonic() - t0
         cpu = {k: (last[k] - start[k]) / elapsed * 100 for k in pids}
+        rate = (sum(1 for _ in open(sub_out.name)) - lines_before) / elapsed
 
         latencies = key_latency(tmux, args.keys, selection_moved)
         tmux.run("send-keys", "-t", "ui", "q")
-        return cpu, per_second, latencies
+        return cpu, per_second, latencies, running, rate
     finally:
         tmux.kill()
         for p in reversed(procs):
@@ -186,7 +196,7 @@ def main():
     counts = [int(x) for x in args.runners.split(",")]
     print(f"measure_period_ms {args.period_ms}, CPU over {args.seconds} s, "
           f"{args.keys} keys; CPU in % of one core")
-    print("| runners | msgs/s | tui CPU (median, p99 of 1 s) | mosquitto_sub CPU (baseline) | "
+    print("| runners | msgs/s received | tui CPU (median, p99 of 1 s) | mosquitto_sub CPU (baseline) | "
           "ratio | server CPU | key→screen median | p99 |")
     print("|---|---|---|---|---|---|---|---|")
     floor = floor_latency(args)
@@ -194,10 +204,9 @@ def main():
           f"{statistics.median(floor):.0f} ms | {percentile(floor, 99):.0f} ms |")
     with tempfile.TemporaryDirectory() as folder:
         for n in counts:
-            cpu, per_second, lat = measure(n, args, folder)
-            rate = n * 2 * 1000 / args.period_ms
+            cpu, per_second, lat, running, rate = measure(n, args, folder)
             ratio = cpu["tui"] / cpu["mosquitto_sub"] if cpu["mosquitto_sub"] > 0 else float("inf")
-            print(f"| {n} | {rate:,.0f} | {cpu['tui']:.1f}% "
+            print(f"| {n} ({running} Running) | {rate:,.0f} | {cpu['tui']:.1f}% "
                   f"({statistics.median(per_second['tui']):.1f}%, "
                   f"{percentile(per_second['tui'], 99):.1f}%) | "
                   f"{cpu['mosquitto_sub']:.1f}% | {ratio:.2f}× | {cpu['server']:.1f}% | "
