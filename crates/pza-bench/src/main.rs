@@ -14,7 +14,7 @@
 //! working. docs/benchmarks.md explains each figure and holds the results.
 //!
 //! ## Layout
-//! - [`figures`]: the six figures, one file each (figures 1 and 6 share one).
+//! - [`figures`]: the seven figures, one file each (figures 1 and 6 share one).
 //! - [`client`]: the harness's MQTT client, stamping messages on arrival.
 //! - [`echo`]: the bare MQTT echo, the floor every command is compared with.
 //! - [`pinger`]: timed request/reply round trips.
@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     server_bin: Option<PathBuf>,
     /// Figures to run, by number or name: 1 roundtrip, 2 throughput,
-    /// 3 recovery, 4 scale, 5 isolation, 6 external [default: all].
+    /// 3 recovery, 4 scale, 5 isolation, 6 external, 7 client [default: all].
     #[arg(value_name = "FIGURE", value_parser = Figure::parse)]
     figures: Vec<Figure>,
 }

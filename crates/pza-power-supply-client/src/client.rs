@@ -166,11 +166,25 @@ impl Client {
         self.inner.shared.namespace.as_deref()
     }
 
-    /// Disconnects cleanly now, for this client and every handle made from
-    /// it (dropping the last handle closes the connection too, without the
-    /// MQTT `DISCONNECT`).
+    /// Disconnects cleanly (an MQTT `DISCONNECT`, then the connection task
+    /// stops), for this client and every handle made from it: their calls
+    /// then fail with [`Error::Closed`], and commands still waiting end with
+    /// [`Error::ConnectionLost`]. Dropping the last handle closes the
+    /// connection too, without the `DISCONNECT`.
+    ///
+    /// While the broker is out of reach there is nothing to disconnect: the
+    /// connection task is then left to stop with the last handle.
     pub async fn close(self) -> Result<()> {
+        if self.inner.shared.link_state() != LinkState::Ready {
+            return Ok(());
+        }
         self.inner.shared.mqtt.disconnect().await?;
+        if !self.inner.shared.wait_closed(self.inner.timeout).await {
+            tracing::debug!(
+                "the DISCONNECT to {} was not sent in time",
+                self.inner.shared.broker
+            );
+        }
         Ok(())
     }
 

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use pza_power_supply_protocol::decode::{self, Kind, Message};
 use pza_power_supply_protocol::Status;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Packet, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeFilter,
+};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +41,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// clients cut off together do not come back in lockstep.
 const RECONNECT_JITTER: f64 = 0.5;
 
+/// The start of every `pza_id` this client makes, apart from the server's
+/// own (`srv-…`).
+pub const ID_PREFIX: &str = "cli-";
+
 /// Updates kept for a watcher that falls behind; beyond, it misses some
 /// (and counts them).
 pub(crate) const UPDATE_CAPACITY: usize = 4096;
@@ -52,6 +58,9 @@ pub(crate) enum LinkState {
     Ready,
     /// The broker refused the connection (e.g. bad credentials).
     Refused(String),
+    /// Closed by [`Client::close`](crate::Client::close): the event loop
+    /// task has ended.
+    Closed,
 }
 
 /// How a command waiting for its reply ends.
@@ -133,10 +142,23 @@ impl Shared {
         self.link.borrow().clone()
     }
 
+    /// Waits until the event loop task has sent the MQTT `DISCONNECT` and
+    /// stopped, at most `timeout`; `false` if it did not in time.
+    pub(crate) async fn wait_closed(&self, timeout: Duration) -> bool {
+        let mut link = self.link.subscribe();
+        tokio::time::timeout(timeout, async {
+            link.wait_for(|state| *state == LinkState::Closed)
+                .await
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// A `pza_id` no other command of any client uses.
     pub(crate) fn next_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("c{}-{n}", self.id_prefix)
+        format!("{ID_PREFIX}{}-{n}", self.id_prefix)
     }
 
     pub(crate) fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
@@ -156,6 +178,7 @@ impl Shared {
                             reason: reason.clone(),
                         })
                     }
+                    LinkState::Closed => return Err(Error::Closed),
                     LinkState::Connecting { .. } => {}
                 }
                 if link.changed().await.is_err() {
@@ -180,6 +203,7 @@ impl Shared {
             }
             LinkState::Ready => "the connection was lost".into(),
             LinkState::Refused(reason) => reason,
+            LinkState::Closed => "the client was closed".into(),
         };
         Error::BrokerUnreachable {
             broker: self.broker.clone(),
@@ -312,7 +336,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Polls the event loop for ever (until aborted).
+/// Polls the event loop until the client disconnects (or the task is
+/// aborted, when the last handle goes).
 pub(crate) async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) {
     let mut delay = RECONNECT_FIRST;
     // Counts connections; the marker carries it, so that a marker from an
@@ -355,6 +380,11 @@ pub(crate) async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) {
                     shared.dispatch(&p.topic, &p.payload);
                 }
             }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.link.send_replace(LinkState::Closed);
+                shared.connection_lost();
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
                 let state = match &e {
@@ -373,5 +403,162 @@ pub(crate) async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) {
                 delay = (delay * 2).min(RECONNECT_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::MqttOptions;
+
+    const T: Duration = Duration::from_secs(2);
+
+    /// A `Shared` whose event loop is never polled: requests stay queued,
+    /// and the test plays the broker by calling `dispatch`.
+    fn shared(ready: bool) -> (Arc<Shared>, EventLoop) {
+        let (mqtt, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 16);
+        let shared = Arc::new(Shared::new(mqtt, None, "127.0.0.1:1".into(), "t"));
+        if ready {
+            shared.link.send_replace(LinkState::Ready);
+        }
+        (shared, eventloop)
+    }
+
+    /// Starts a voltage command to `a`; returns its future's task and its id.
+    fn voltage_command(shared: &Arc<Shared>) -> (JoinHandle<Result<Message>>, String) {
+        let id = format!("{ID_PREFIX}{}-1", shared.id_prefix);
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            shared
+                .command(
+                    "a",
+                    "power-supply/a/voltage/cmd".into(),
+                    serde_json::Map::new(),
+                    Kind::Voltage,
+                    T,
+                )
+                .await
+        });
+        (task, id)
+    }
+
+    async fn registered(shared: &Shared, id: &str) {
+        while !lock(&shared.pending).contains_key(id) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reply_with_the_commands_id_answers_it() {
+        let (shared, _eventloop) = shared(true);
+        let (task, id) = voltage_command(&shared);
+        registered(&shared, &id).await;
+        shared.dispatch(
+            "power-supply/a/voltage",
+            format!(r#"{{"pza_id":"{id}","voltage":"5.00"}}"#).as_bytes(),
+        );
+        assert_eq!(task.await.unwrap().unwrap(), Message::Voltage(5.0));
+        assert!(lock(&shared.pending).is_empty());
+        assert_eq!(
+            shared.with_store(|s| s.get("a").and_then(|s| s.voltage)),
+            Some(5.0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_with_the_commands_id_refuses_it() {
+        let (shared, _eventloop) = shared(true);
+        let (task, id) = voltage_command(&shared);
+        registered(&shared, &id).await;
+        shared.dispatch(
+            "power-supply/a/error",
+            format!(
+                r#"{{"pza_id":"{id}","message":"voltage 31 exceeds security_max_voltage 30"}}"#
+            )
+            .as_bytes(),
+        );
+        match task.await.unwrap() {
+            Err(Error::Rejected { message }) => {
+                assert_eq!(message, "voltage 31 exceeds security_max_voltage 30")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_of_another_runner_or_topic_are_not_taken_and_the_command_times_out() {
+        let (shared, _eventloop) = shared(true);
+        shared.dispatch("power-supply/a/status", br#"{"status":"Running"}"#);
+        let (task, id) = voltage_command(&shared);
+        registered(&shared, &id).await;
+        for topic in [
+            "power-supply/b/voltage",
+            "power-supply/a/measure/voltage",
+            "power-supply/a/current",
+        ] {
+            let field = if topic.ends_with("current") {
+                "current"
+            } else {
+                "voltage"
+            };
+            shared.dispatch(
+                topic,
+                format!(r#"{{"pza_id":"{id}","{field}":"1"}}"#).as_bytes(),
+            );
+        }
+        shared.dispatch(
+            "power-supply/b/error",
+            format!(r#"{{"pza_id":"{id}","message":"x"}}"#).as_bytes(),
+        );
+        match task.await.unwrap() {
+            Err(Error::Timeout {
+                device,
+                after,
+                last_status,
+            }) => {
+                assert_eq!((device.as_str(), after), ("a", T));
+                assert_eq!(last_status, Some(Status::Running));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(lock(&shared.pending).is_empty(), "forgotten on timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_loss_ends_the_waiting_commands_at_once() {
+        let (shared, _eventloop) = shared(true);
+        let (task, id) = voltage_command(&shared);
+        registered(&shared, &id).await;
+        let before = Instant::now();
+        shared.connection_lost();
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(Error::ConnectionLost { device }) if device == "a"
+        ));
+        assert!(before.elapsed() < T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_connection_a_command_says_the_broker_did_not_answer() {
+        let (shared, _eventloop) = shared(false);
+        shared.link.send_replace(LinkState::Connecting {
+            last_error: Some("I/O: connection refused".into()),
+        });
+        let (task, _) = voltage_command(&shared);
+        match task.await.unwrap() {
+            Err(e @ Error::BrokerUnreachable { .. }) => assert_eq!(
+                e.to_string(),
+                "broker 127.0.0.1:1 did not answer within 2000 ms (I/O: connection refused)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        shared
+            .link
+            .send_replace(LinkState::Refused("BadUserNamePassword".into()));
+        let (task, _) = voltage_command(&shared);
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(Error::ConnectionRefused { .. })
+        ));
     }
 }

@@ -44,6 +44,7 @@ mod tls;
 pub mod watch;
 
 pub use client::Client;
+pub use connection::ID_PREFIX;
 pub use error::{Error, Result};
 pub use options::{ClientOptions, TlsFiles, DEFAULT_TIMEOUT};
 pub use power_supply::{Measurement, PowerSupply};

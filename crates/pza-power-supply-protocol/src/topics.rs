@@ -92,6 +92,12 @@ impl Topics {
         format!("{}/+/cmd", self.prefix)
     }
 
+    /// Whether `topic` is a command the runner itself answers (an
+    /// attribute's, or `measure/cmd`; `restart/cmd` is the supervisor's).
+    pub fn is_runner_command(&self, topic: &str) -> bool {
+        self.command_attribute(topic).is_some() || topic == self.measure_command()
+    }
+
     /// `P/owner`: which server instance serves this runner (retained).
     pub fn owner(&self) -> String {
         format!("{}/owner", self.prefix)
@@ -167,6 +173,10 @@ mod tests {
         assert_eq!(t.command_attribute("power-supply/psu1/current"), None);
         assert_eq!(t.command_attribute("power-supply/psu10/current/cmd"), None);
         assert_eq!(t.command_attribute("power-supply/psu1/power/cmd"), None);
+        assert!(t.is_runner_command("power-supply/psu1/voltage/cmd"));
+        assert!(t.is_runner_command("power-supply/psu1/measure/cmd"));
+        assert!(!t.is_runner_command("power-supply/psu1/restart/cmd"));
+        assert!(!t.is_runner_command("power-supply/psu1/measure"));
     }
 
     #[test]

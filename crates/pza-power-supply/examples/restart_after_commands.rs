@@ -134,6 +134,8 @@ async fn send_commands(
     commands: usize,
 ) -> anyhow::Result<()> {
     let (mut sent, mut answered) = (0usize, 0usize);
+    // Every command is answered once, by its own id.
+    let mut seen = vec![false; commands + 1];
     while answered < commands {
         while sent < commands && sent - answered < WINDOW {
             sent += 1;
@@ -147,11 +149,22 @@ async fn send_commands(
                 )
                 .await?;
         }
-        wait(rx, |t, v| {
-            t == "power-supply/emu/voltage"
-                && v["pza_id"].as_str().is_some_and(|id| id.starts_with('c'))
-        })
-        .await?;
+        let (topic, value) = next(rx).await?;
+        if topic != "power-supply/emu/voltage" {
+            continue;
+        }
+        let Some(n) = value["pza_id"]
+            .as_str()
+            .and_then(|id| id.strip_prefix('c'))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        anyhow::ensure!(
+            n >= 1 && n <= commands && !seen[n],
+            "reply c{n}: unexpected or repeated"
+        );
+        seen[n] = true;
         answered += 1;
     }
     Ok(())

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{running_client, server_made, Client, Message, TestServer, WAIT};
+use pza_power_supply::runners::refuser::FAILED_REASON;
 use serde_json::{json, Value};
 
 /// Collects the statuses of `runner` until one equals `last`.
@@ -199,6 +200,17 @@ async fn max_retries_zero_never_restarts_and_restart_cmd_revives() {
     let seen = statuses_until(&mut c, "f", "Failed").await;
     assert_eq!(names(&seen), ["Panicking", "Failed"]);
     assert_eq!(seen[1]["restarts"], 0);
+    // No runner will serve a command now: each is answered at once.
+    for (topic, payload, id) in [
+        ("voltage/cmd", r#"{"pza_id":"f1","voltage":"2"}"#, "f1"),
+        ("measure/cmd", r#"{"pza_id":"f2"}"#, "f2"),
+        ("state/cmd", r#"{"pza_id":"f3","state":1e400}"#, "f3"),
+    ] {
+        c.publish(&format!("power-supply/f/{topic}"), payload).await;
+        let reply = c.wait_reply(id).await;
+        assert_eq!(reply.topic, "power-supply/f/error");
+        assert_eq!(reply.json()["message"], FAILED_REASON);
+    }
 
     c.publish("power-supply/f/restart/cmd", r#"{"pza_id":"again"}"#)
         .await;
@@ -546,4 +558,24 @@ async fn a_panic_answers_its_command_once_and_each_queued_command_once() {
         }
     }
     server.stop().await;
+}
+
+/// A server whose runner is `Failed` (its connection held by the stand-in
+/// that answers its commands) still shuts down cleanly, with `Stopped` last.
+#[tokio::test]
+async fn a_failed_runner_does_not_hold_up_the_shutdown() {
+    let server = TestServer::start(
+        r#"f: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 1 },
+               restart: { max_retries: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "f").await;
+    c.publish(
+        "power-supply/f/voltage/cmd",
+        r#"{"pza_id":"p","voltage":"1"}"#,
+    )
+    .await;
+    c.wait_status("f", "Failed").await;
+    server.stop().await;
+    c.wait_status("f", "Stopped").await;
 }

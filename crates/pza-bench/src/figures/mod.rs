@@ -1,6 +1,7 @@
-//! The six figures of the benchmark, each measured against a baseline taken
+//! The seven figures of the benchmark, each measured against a baseline taken
 //! in the same run.
 
+mod client;
 mod isolation;
 mod recovery;
 mod roundtrip;
@@ -81,16 +82,18 @@ pub enum Figure {
     Scale,
     Isolation,
     External,
+    ClientLibrary,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 6] = [
+    pub const ALL: [Figure; 7] = [
         Figure::RoundTrip,
         Figure::Throughput,
         Figure::Recovery,
         Figure::Scale,
         Figure::Isolation,
         Figure::External,
+        Figure::ClientLibrary,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +104,7 @@ impl Figure {
             Figure::Scale => "scale",
             Figure::Isolation => "isolation",
             Figure::External => "external",
+            Figure::ClientLibrary => "client",
         }
     }
 
@@ -134,6 +138,7 @@ impl Figure {
             Figure::Scale => scale::run(ctx).await,
             Figure::Isolation => isolation::run(ctx).await,
             Figure::External => roundtrip::external(ctx).await,
+            Figure::ClientLibrary => client::run(ctx).await,
         }
     }
 }
@@ -147,7 +152,8 @@ mod tests {
         assert_eq!(Figure::parse("1"), Ok(Figure::RoundTrip));
         assert_eq!(Figure::parse("external"), Ok(Figure::External));
         assert_eq!(Figure::External.number(), 6);
-        let err = Figure::parse("7").unwrap_err();
-        assert!(err.contains("6 (external)"), "{err}");
+        assert_eq!(Figure::parse("7"), Ok(Figure::ClientLibrary));
+        let err = Figure::parse("8").unwrap_err();
+        assert!(err.contains("7 (client)"), "{err}");
     }
 }

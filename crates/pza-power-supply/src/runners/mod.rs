@@ -6,9 +6,11 @@
 //! - [`service`]: the `RunnersService`, which starts every runner and
 //!   restarts the ones that crash.
 //! - [`link`]: an MQTT connection with its own event-loop task.
+//! - [`refuser`]: answers the commands sent to a `Failed` runner.
 
 pub mod limits;
 pub mod link;
+pub mod refuser;
 pub mod restart;
 pub mod runner;
 pub mod service;

@@ -357,10 +357,7 @@ impl Session {
             let LinkEvent::Message(publish) = event else {
                 continue;
             };
-            let topics = &self.settings.topics;
-            let served_here = topics.command_attribute(&publish.topic).is_some()
-                || publish.topic == topics.measure_command();
-            if !served_here {
+            if !self.settings.topics.is_runner_command(&publish.topic) {
                 continue;
             }
             self.publish_error(command_id(&publish.payload).as_deref(), reason)

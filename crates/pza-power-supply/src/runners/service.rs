@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{LinkEvent, MqttLink, Readiness};
+use super::refuser::Refuser;
 use super::restart::{Decision, RestartTracker};
 use super::runner::{open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink};
 use super::SecurityLimits;
@@ -167,6 +168,7 @@ impl RunnersService {
                         first_driver: std::sync::Mutex::new(Some(driver)),
                         link: None,
                         link_ready: None,
+                        refuser: None,
                         ownership: Ownership::Unclaimed,
                     },
                 );
@@ -277,6 +279,8 @@ struct Slot {
     /// Whether that connection is subscribed now: `Running` is republished
     /// after a broker outage only once it is.
     link_ready: Option<Readiness>,
+    /// While `Failed`: answers the commands that reach the connection.
+    refuser: Option<Refuser>,
 }
 
 /// Whether this server instance serves a runner.
@@ -391,6 +395,10 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(name) else {
             return Ok(());
         };
+        if let Some(refuser) = slot.refuser.take() {
+            // The connection goes back to a runner.
+            refuser.stop().await;
+        }
         slot.generation += 1;
         if restart {
             slot.restarts += 1;
@@ -530,6 +538,9 @@ impl Supervisor {
             Decision::GiveUp => {
                 tracing::error!(runner = name, restarts = slot.tracker.consecutive(), cause = %cause, "runner crashed; restart policy gave up");
                 slot.state = SlotState::Failed;
+                if let Some(link) = &slot.link {
+                    slot.refuser = Some(Refuser::start(link.clone(), slot.settings.topics.clone()));
+                }
                 let report = self.status(name, Status::Failed);
                 self.publish_status(name, report).await;
             }
@@ -801,6 +812,10 @@ impl Supervisor {
             return;
         };
         let was_owned = matches!(slot.ownership, Ownership::Owned(_));
+        if let Some(refuser) = slot.refuser.take() {
+            // The runner's commands are the other server's to answer now.
+            refuser.stop().await;
+        }
         slot.ownership = Ownership::Conflict {
             owner: owner.to_string(),
         };
@@ -964,6 +979,9 @@ impl Supervisor {
         self.release().await;
         // Connections left by runners that crashed and were not restarted.
         for slot in self.slots.values_mut() {
+            if let Some(refuser) = slot.refuser.take() {
+                refuser.stop().await;
+            }
             if let Some(link) = slot.link.take() {
                 link.lock().await.shut(CLOSE_TIMEOUT).await;
             }

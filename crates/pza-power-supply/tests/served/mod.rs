@@ -70,12 +70,18 @@ impl Served {
 
     /// Starts the server process (again, after `kill`).
     pub fn launch(&mut self) {
+        // The server's log, kept when a test fails (see Drop).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("server log file");
         let child = Command::new(BIN)
             .args(["run", "--no-tui", "--config"])
             .arg(&self.config)
-            .env_remove("RUST_LOG")
+            .env("RUST_LOG", "debug,rumqttd=warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn the server");
         self.child = Some(child);
@@ -119,7 +125,11 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("server log kept: {}", self.dir.join("server.log").display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
