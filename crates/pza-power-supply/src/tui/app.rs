@@ -291,11 +291,19 @@ impl App {
         self.devices.get(self.selected.as_deref()?)
     }
 
-    /// The state known before the first update, from the client's store.
+    /// A power supply's state from the client's store: before the first
+    /// update, and again after updates were missed.
     pub fn on_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
         self.now = now;
         let device = self.devices.entry(snapshot.name.clone()).or_default();
-        if snapshot.status == Some(Status::Restarting) {
+        let already_restarting = device.snapshot.status == Some(Status::Restarting)
+            && device.snapshot.restarts == snapshot.restarts;
+        if snapshot.status != Some(Status::Restarting) {
+            device.restart_at = None;
+        } else if !already_restarting {
+            // The delay counts from when the status was published; a status
+            // found in the store is at most that old, so this is the latest
+            // the restart can be.
             device.restart_at = snapshot
                 .next_restart_ms
                 .map(|ms| now + Duration::from_millis(ms));

@@ -65,14 +65,8 @@ async fn event_loop(
     // applied twice (harmless: each carries the whole state), none is lost.
     let mut updates = client.watch_all();
     let mut app = App::new(settings, Instant::now().into_std());
-    match client.snapshots().await {
-        Ok(snapshots) => {
-            for snapshot in snapshots {
-                app.on_snapshot(snapshot, Instant::now().into_std());
-            }
-        }
-        Err(e) => app.on_log(format!("cannot list the power supplies: {e}")),
-    }
+    reload(&client, &mut app).await;
+    let mut missed = 0;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut keys = EventStream::new();
     let mut ticker = tokio::time::interval(TICK_INTERVAL);
@@ -122,6 +116,17 @@ async fn event_loop(
             update = updates.next(), if watching => match update {
                 Some(update) => {
                     app.on_update(update, Instant::now().into_std());
+                    if updates.missed() > missed {
+                        // Fell behind (a burst of thousands of updates): the
+                        // skipped ones may have been the first status of a
+                        // supply, so reload the whole state.
+                        app.on_log(format!(
+                            "fell {} updates behind: state reloaded",
+                            updates.missed() - missed
+                        ));
+                        missed = updates.missed();
+                        reload(&client, &mut app).await;
+                    }
                     dirty = true;
                 }
                 None => {
@@ -147,6 +152,19 @@ async fn event_loop(
     }
     drop(screen);
     Ok(())
+}
+
+/// The state of every power supply, from the client's store.
+async fn reload(client: &Client, app: &mut App) {
+    match client.snapshots().await {
+        Ok(snapshots) => {
+            let now = Instant::now().into_std();
+            for snapshot in snapshots {
+                app.on_snapshot(snapshot, now);
+            }
+        }
+        Err(e) => app.on_log(format!("cannot list the power supplies: {e}")),
+    }
 }
 
 /// Carries out one command; a failure becomes the text shown (for a refusal,
