@@ -643,3 +643,30 @@ fn a_stray_error_for_an_unknown_name_adds_no_row() {
     app.on_update(u, now);
     assert_eq!(app.devices.len(), 2);
 }
+
+#[test]
+fn a_reload_from_the_store_keeps_a_running_countdown() {
+    let now = Instant::now();
+    let mut app = app_with(&["psu-1"], now);
+    let u = update(
+        &app,
+        "psu-1",
+        status(Status::Restarting, 1, Some("boom"), Some(5000)),
+    );
+    app.on_update(u, now);
+    // The UI fell behind and reloads the state 3 s later: the store still
+    // says 5000 ms, but the restart is 2 s away, not 5.
+    let stored = app.devices["psu-1"].snapshot.clone();
+    app.on_snapshot(stored, now + Duration::from_secs(3));
+    assert!(screen(&render(&app, 80, 24)).contains("Restart 2s"));
+    // A new restart (one more in the count) starts a new countdown.
+    let mut next = app.devices["psu-1"].snapshot.clone();
+    next.restarts = 2;
+    app.on_snapshot(next, now + Duration::from_secs(3));
+    assert!(screen(&render(&app, 80, 24)).contains("Restart 5s"));
+    // Running again: no countdown.
+    let mut up = app.devices["psu-1"].snapshot.clone();
+    up.status = Some(Status::Running);
+    app.on_snapshot(up, now + Duration::from_secs(4));
+    assert_eq!(app.devices["psu-1"].restart_at, None);
+}
