@@ -166,15 +166,16 @@ impl BenchClient {
     /// Subscribes to `filters` at QoS 1, in one SUBSCRIBE packet, and waits
     /// for the acknowledgement.
     pub async fn subscribe(&mut self, filters: &[String]) -> anyhow::Result<()> {
+        self.subscribe_at(filters, QoS::AtLeastOnce).await
+    }
+
+    /// Same, at `qos`.
+    pub async fn subscribe_at(&mut self, filters: &[String], qos: QoS) -> anyhow::Result<()> {
         if filters.is_empty() {
             return Ok(());
         }
         self.client
-            .subscribe_many(
-                filters
-                    .iter()
-                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
-            )
+            .subscribe_many(filters.iter().map(|f| SubscribeFilter::new(f.clone(), qos)))
             .await
             .context("MQTT subscribe")?;
         let deadline = Instant::now() + SUBACK_TIMEOUT;

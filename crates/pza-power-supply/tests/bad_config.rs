@@ -116,6 +116,12 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("kd3005p limit beyond the device", r#"{ runners: { k: { model: "kd3005p", serial_port: { name: "/dev/ttyACM0" }, security_max_current: 6 } } }"#, Key("runners.k.security_max_current"), "6 A is outside the kd3005p range 0..5 A"),
         case("kd3005p without a port", r#"{ runners: { k: { model: "ka3005p" } } }"#, Key("runners.k"), "missing field `serial_port`"),
         case("kd3005p key on the emulator", &emu("serial_port: { name: \"/dev/ttyACM0\" }"), Key("runners.psu.serial_port"), "unknown key for model emulator"),
+        case("runner given twice", "{\n  runners: {\n    psu: { model: \"emulator\", security_max_voltage: 5 },\n    other: { model: \"emulator\" },\n    psu: { model: \"emulator\", security_max_voltage: 30 },\n  },\n}\n", Key("runners.psu"), "duplicate key (lines 3 and 5)"),
+        case("limit given twice, once quoted", "{ runners: { psu: { model: \"emulator\",\n  security_max_voltage: 5,\n  \"security_max_voltage\": 30 } } }", Key("runners.psu.security_max_voltage"), "duplicate key (lines 2 and 3)"),
+        case("top-level key given twice", "{ broker: { namespace: \"a\" },\n  // broker: {} in a comment does not count\n  restart: {},\n  broker: { namespace: \"b\" } }", Key("broker"), "duplicate key (lines 1 and 4)"),
+        case("top level an empty array", "[]", Key("."), "the file must hold an object ({ ... }), not an array"),
+        case("top level a number", "5", Key("."), "not a number"),
+        case("top level a string", "\"x\"", Key("."), "not a string"),
     ]
 }
 

@@ -73,14 +73,11 @@ async fn every_method_reaches_the_device_and_returns_what_it_read_back() {
     assert!(matches!(psu.snapshot().await, Err(Error::Closed)));
 }
 
-/// Found by the test above: after `restart/cmd`, the embedded broker may drop
-/// the new runner's fresh connection (rumqttd logs `router-drop
-/// error=Recv(Disconnected)` for it) while `Running` is already published,
-/// so a command sent on seeing `Running` can reach no subscriber and is never
-/// answered. A server bug, not the client's: ignored until the server stops
-/// reporting `Running` before its runner takes commands.
+/// Found by the test above: after `restart/cmd`, a command sent on seeing
+/// `Running` must be answered. It was not, when the restarted runner opened a
+/// fresh connection and the embedded broker applied the old connection's late
+/// disconnect to it; the runner now keeps its connection across the restart.
 #[tokio::test]
-#[ignore = "server bug: Running published while the restarted runner's connection is down"]
 async fn a_command_sent_on_running_after_a_restart_is_answered() {
     let served = Served::start(TWO);
     let client = served.client().await;

@@ -487,6 +487,21 @@ async fn info_is_retained_and_published_before_running() {
     server.stop().await;
 }
 
+/// A runner's configured `description` is the one `P/info` carries (the
+/// model's own is only the default).
+#[tokio::test]
+async fn info_carries_the_configured_description() {
+    let server = TestServer::start(
+        r#"d: { model: "emulator", measure_period_ms: 0, description: "DUT 5 V rail" }"#,
+    )
+    .await;
+    let _c = running_client(&server, "d").await;
+    let mut late = server.client().await;
+    late.subscribe("power-supply/d/info").await;
+    assert_eq!(late.next().await.json()["description"], "DUT 5 V rail");
+    server.stop().await;
+}
+
 /// `P/measure/cmd` gets exactly one reply on `P/measure`, measured now, with
 /// both values formatted like the measure topics; a bad one gets one error.
 #[tokio::test]

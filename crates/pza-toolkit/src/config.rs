@@ -1,5 +1,6 @@
 //! JSON5 configuration files: read with errors that name the file, the key
-//! path and (for syntax errors) the line and column; write a default file.
+//! path and (for syntax errors and keys given twice) the lines; write a
+//! default file.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,14 @@ pub enum ConfigFileError {
         key: String,
         message: String,
     },
+    /// A key written twice in one object (json5 alone would keep the last).
+    #[error("{}: {key}: duplicate key ({})", path.display(), lines_text(*first_line, *second_line))]
+    DuplicateKey {
+        path: PathBuf,
+        key: String,
+        first_line: usize,
+        second_line: usize,
+    },
     #[error("{}: cannot write: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -53,9 +62,40 @@ pub fn parse_json5<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Co
     from_value(path, parse_json5_value(path, text)?, "")
 }
 
-/// Parses `text` (the contents of `path`) as a JSON5 value.
+/// Parses `text` (the contents of `path`) as a JSON5 config: its top level
+/// must be an object, and no object may hold a key twice.
 pub fn parse_json5_value(path: &Path, text: &str) -> Result<serde_json::Value, ConfigFileError> {
-    json5::from_str(text).map_err(|e| syntax_error(path, e))
+    let value: serde_json::Value = json5::from_str(text).map_err(|e| syntax_error(path, e))?;
+    if let Some(d) = crate::json5_keys::find_duplicate_key(text) {
+        return Err(ConfigFileError::DuplicateKey {
+            path: path.to_path_buf(),
+            key: d.key,
+            first_line: d.first_line,
+            second_line: d.second_line,
+        });
+    }
+    let kind = match &value {
+        serde_json::Value::Object(_) => return Ok(value),
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Null => "null",
+    };
+    Err(invalid(
+        path,
+        ".",
+        format!("the file must hold an object ({{ ... }}), not {kind}"),
+    ))
+}
+
+/// "lines 3 and 7", or "twice on line 3".
+fn lines_text(first: usize, second: usize) -> String {
+    if first == second {
+        format!("twice on line {first}")
+    } else {
+        format!("lines {first} and {second}")
+    }
 }
 
 /// Maps `value`, found at `key_prefix` (`""` for the top level, else a dotted
@@ -182,6 +222,38 @@ mod tests {
     fn out_of_range_integer_names_the_key() {
         let err = parse("{ tcp: { port: 70000 } }").unwrap_err();
         assert!(err.to_string().starts_with("c.json5: tcp.port: "), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_key_names_its_path_and_both_lines() {
+        let err =
+            parse("{\n  tcp: { port: 1 },\n  // tcp: {}\n  \"tcp\": { port: 2 },\n}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.json5: tcp: duplicate key (lines 2 and 4)"
+        );
+        let err = parse("{ tcp: { port: 1, port: 2 } }").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.json5: tcp.port: duplicate key (twice on line 1)"
+        );
+    }
+
+    #[test]
+    fn the_top_level_must_be_an_object() {
+        for (text, kind) in [
+            ("[]", "an array"),
+            ("5", "a number"),
+            ("'x'", "a string"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            let err = parse_json5_value(Path::new("c.json5"), text).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("c.json5: .: the file must hold an object ({{ ... }}), not {kind}")
+            );
+        }
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! - [`task_monitor`]: named tokio tasks turned into lifecycle events, the
 //!   moment each task ends.
 //! - [`mqtt`]: the embedded MQTT broker (rumqttd) and MQTT client options.
-//! - [`config`]: JSON5 files read with file, key-path and line/column errors.
+//! - [`config`]: JSON5 files read with file, key-path and line/column errors;
+//!   a key given twice in an object is refused (found by `json5_keys`).
 
 pub mod config;
+mod json5_keys;
 pub mod mqtt;
 pub mod task_monitor;

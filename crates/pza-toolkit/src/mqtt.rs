@@ -3,10 +3,12 @@
 //!
 //! rumqttd's own `Broker::start` blocks a thread forever and only logs a bind
 //! failure, so it is driven here from its parts: the router runs on its own
-//! thread, and the v4 listener runs as a task of the caller's runtime. That
-//! gives three things a server needs: a clear error when the port is taken,
-//! a start that returns only once the broker accepts connections, and a
-//! `stop` that closes the listener.
+//! thread, and the v4 server runs as a task of the caller's runtime on a
+//! listening socket bound here. That gives three things a server needs: a
+//! clear error when the port is taken, a start that returns only once the
+//! broker accepts connections, and a `stop` that closes the listener. The
+//! rumqttd used is a patched copy (vendor/rumqttd/PATCHES.md): it hands a new
+//! subscription every retained message, and serves a listener bound here.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,14 +22,8 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::{LinkType, Router, Server};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::task::JoinHandle;
-
-/// How long `EmbeddedBroker::start` waits for the listener to accept.
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// First pause between two readiness probes; it doubles up to `READY_PROBE_MAX`.
-const READY_PROBE_FIRST: Duration = Duration::from_millis(1);
-const READY_PROBE_MAX: Duration = Duration::from_millis(50);
 
 /// Longest wait for the broker to route messages already received, at stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,6 +38,12 @@ pub const MAX_PAYLOAD_SIZE: usize = 2 * 1024 * 1024;
 /// Most simultaneous client connections of the embedded broker.
 const MAX_CONNECTIONS: usize = 20_000;
 
+/// Backlog of the embedded broker's listening socket. Tokio's `bind` listens
+/// with 128: a thousand runners connecting at once overflow it, and the
+/// dropped SYNs are retried after 1 s, then 3 s. The kernel caps it to its
+/// own limit (`somaxconn` on Linux, 4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot start the embedded MQTT broker on {addr}: address already in use")]
@@ -51,10 +53,6 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the embedded MQTT broker on {addr} stopped before accepting connections: {reason}")]
-    Died { addr: SocketAddr, reason: String },
-    #[error("the embedded MQTT broker on {addr} did not accept connections within {timeout:?}")]
-    NotReady { addr: SocketAddr, timeout: Duration },
 }
 
 /// A running embedded MQTT broker (MQTT 3.1.1, plain TCP).
@@ -66,19 +64,20 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts the broker on `addr` and returns once it accepts TCP connections.
     /// `credentials`, when given, are the only (username, password) pairs accepted.
+    /// Port 0 picks a free port: [`EmbeddedBroker::addr`] tells which.
     pub async fn start(
         addr: SocketAddr,
         credentials: Option<(String, String)>,
     ) -> Result<EmbeddedBroker, BrokerError> {
-        // rumqttd binds inside its listener task and only logs a failure, so
-        // find out first whether the port is free, to fail with a clear cause.
-        match StdTcpListener::bind(addr) {
-            Ok(probe) => drop(probe),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(BrokerError::AddrInUse { addr })
+        let bind_error = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                BrokerError::AddrInUse { addr }
+            } else {
+                BrokerError::Bind { addr, source }
             }
-            Err(source) => return Err(BrokerError::Bind { addr, source }),
-        }
+        };
+        let listener = listen(addr).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
 
         let router_config = rumqttd::RouterConfig {
             max_connections: MAX_CONNECTIONS,
@@ -103,48 +102,15 @@ impl EmbeddedBroker {
             },
         };
         let mut server = Server::new(settings, router_tx, V4);
-        let mut listener = tokio::spawn(async move {
-            if let Err(e) = server.start(LinkType::Remote).await {
+        // The socket listens already: a connection made from now on waits in
+        // its backlog until the server task accepts it.
+        let listener = tokio::spawn(async move {
+            if let Err(e) = server.serve(listener, LinkType::Remote).await {
                 tracing::error!(%addr, error = %e, "embedded MQTT broker stopped");
             }
         });
-
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let mut pause = READY_PROBE_FIRST;
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                #[cfg(target_os = "linux")]
-                match tune_listener(addr) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(%addr, "the broker's listening socket was not found: not tuned")
-                    }
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "cannot tune the broker's listening socket")
-                    }
-                }
-                tracing::info!(%addr, "embedded MQTT broker accepts connections");
-                return Ok(EmbeddedBroker { addr, listener });
-            }
-            if tokio::time::Instant::now() >= deadline {
-                listener.abort();
-                return Err(BrokerError::NotReady {
-                    addr,
-                    timeout: READY_TIMEOUT,
-                });
-            }
-            tokio::select! {
-                ended = &mut listener => {
-                    let reason = match ended {
-                        Ok(()) => "its listener ended (see the log)".to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    return Err(BrokerError::Died { addr, reason });
-                }
-                _ = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(READY_PROBE_MAX);
-        }
+        tracing::info!(%addr, "embedded MQTT broker accepts connections");
+        Ok(EmbeddedBroker { addr, listener })
     }
 
     /// Sends one message through the broker to itself. The router handles
@@ -214,58 +180,19 @@ impl EmbeddedBroker {
     }
 }
 
-/// Backlog of the embedded broker's listening socket. rumqttd binds through
-/// tokio, which listens with 128: a thousand runners connecting at once then
-/// overflow it, and the dropped SYNs are retried after 1 s, then 3 s.
-#[cfg(target_os = "linux")]
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// Tunes the listening socket that rumqttd bound on `addr`, which it does not
-/// expose, found among this process's descriptors:
-/// - `TCP_NODELAY`, which Linux hands down to every socket it accepts, so
-///   that a message written right after another (a reply after the PUBACK
-///   of the command) is not held back by Nagle's algorithm until the
-///   client's delayed ACK, 40 ms later;
-/// - a larger backlog: `listen` again on a listening socket changes it.
-///
-/// Returns whether the socket was found.
-#[cfg(target_os = "linux")]
-fn tune_listener(addr: SocketAddr) -> std::io::Result<bool> {
-    use nix::sys::socket::{
-        getsockname, getsockopt, listen, setsockopt, sockopt, Backlog, SockaddrStorage,
-    };
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Some(raw) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: the descriptor is only used for the system calls below. If
-        // it was closed meanwhile they fail (EBADF); if its number was reused,
-        // the checks reject it unless it is the listener on `addr`.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        if !getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
-            continue;
-        }
-        let Ok(local) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
-            continue;
-        };
-        let local = match (local.as_sockaddr_in(), local.as_sockaddr_in6()) {
-            (Some(v4), _) => SocketAddr::from(std::net::SocketAddrV4::from(*v4)),
-            (None, Some(v6)) => SocketAddr::from(std::net::SocketAddrV6::from(*v6)),
-            _ => continue,
-        };
-        if local != addr {
-            continue;
-        }
-        setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
-        listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
-        return Ok(true);
-    }
-    Ok(false)
+/// A listening socket on `addr` with a backlog of [`LISTEN_BACKLOG`],
+/// registered with the caller's runtime.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's `bind` does: a restarted server takes its port back while
+    // the previous one's connections are in TIME_WAIT. On Windows the option
+    // would let two listeners share the port instead, so it stays off there.
+    #[cfg(not(windows))]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    tokio::net::TcpListener::from_std(StdTcpListener::from(socket))
 }
 
 /// Where and how a client connects to a broker.
@@ -483,6 +410,91 @@ mod tests {
         .unwrap();
         assert_eq!(received.topic, "t/x");
         assert_eq!(&received.payload[..], b"hello");
+        broker.stop().await;
+    }
+
+    /// Drives `eventloop` until `wanted` PUBACKs came back.
+    async fn wait_pubacks(eventloop: &mut rumqttc::EventLoop, wanted: usize) {
+        let mut acked = 0;
+        while acked < wanted {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                acked += 1;
+            }
+        }
+    }
+
+    /// The distinct retained topics a new subscription to `filter` at `qos`
+    /// receives, until `expected` arrived or nothing came for a while.
+    async fn retained_received(port: u16, filter: &str, qos: QoS, expected: usize) -> usize {
+        let endpoint = BrokerEndpoint::tcp("127.0.0.1", port);
+        let id = format!("sub-{:08x}", rand::random::<u32>());
+        let (client, mut eventloop) = AsyncClient::new(client_options(&id, &endpoint, None), 10);
+        client.subscribe(filter, qos).await.unwrap();
+        let mut topics = std::collections::HashSet::new();
+        // Only a bound on a hang: every message is expected, so the loop
+        // ends on the count; a missing one ends it on this silence instead.
+        let quiet = Duration::from_secs(2);
+        while topics.len() < expected {
+            match tokio::time::timeout(quiet, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    assert!(p.retain, "{} came without the retain flag", p.topic);
+                    topics.insert(p.topic);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("subscriber to {filter}: {e}"),
+                Err(_) => break,
+            }
+        }
+        let _ = client.disconnect().await;
+        topics.len()
+    }
+
+    /// rumqttd 0.20 as published handed a new subscription at most 100
+    /// retained messages at QoS 1 (its in-flight window) and 200 at QoS 0
+    /// (`max_outgoing_packet_count`): the patched copy hands all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_subscription_receives_every_retained_message() {
+        const DEVICES: usize = 600;
+        let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let broker = EmbeddedBroker::start(addr, None).await.unwrap();
+        let port = broker.addr().port();
+        let endpoint = BrokerEndpoint::tcp("127.0.0.1", port);
+        let (publisher, mut publisher_loop) =
+            AsyncClient::new(client_options("retainer", &endpoint, None), 10);
+        let publishing = tokio::spawn(async move {
+            for i in 0..DEVICES {
+                for leaf in ["status", "state"] {
+                    publisher
+                        .publish(format!("dev/{i:04}/{leaf}"), QoS::AtLeastOnce, true, "x")
+                        .await
+                        .unwrap();
+                }
+            }
+            publisher
+        });
+        wait_pubacks(&mut publisher_loop, 2 * DEVICES).await;
+        let _publisher = publishing.await.unwrap();
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            assert_eq!(
+                retained_received(port, "dev/+/status", qos, DEVICES).await,
+                DEVICES,
+                "dev/+/status at {qos:?}"
+            );
+            assert_eq!(
+                retained_received(port, "dev/#", qos, 2 * DEVICES).await,
+                2 * DEVICES,
+                "dev/# at {qos:?}"
+            );
+        }
+        broker.stop().await;
+    }
+
+    #[tokio::test]
+    async fn port_zero_picks_a_free_port() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let broker = EmbeddedBroker::start(addr, None).await.unwrap();
+        assert_ne!(broker.addr().port(), 0);
+        tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
         broker.stop().await;
     }
 

@@ -6,16 +6,22 @@
 //! The runners keep the default `measure_period_ms` of 1000, so the peak RSS
 //! includes the steady state of periodic measurements: it is read after
 //! `SETTLE` more time once all are `Running`. The watching client connects as
-//! soon as the broker accepts, and subscribes to each runner's status topic
-//! (retained) rather than to a wildcard, for the reason given in
-//! [`late_wildcard_subscriber`], whose result is reported too.
+//! soon as the broker accepts, and subscribes to each runner's status topic.
+//!
+//! Then late subscribers check the retained state, as a verdict: one to
+//! `power-supply/+/status` and one to `power-supply/#`, at QoS 0 and at
+//! QoS 1, must each receive every runner's retained topics
+//! ([`late_subscribers`]). rumqttd 0.20 as published handed a new
+//! subscription at most 100 of them at QoS 1.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use pza_toolkit::mqtt::probe_free_port;
+use rumqttc::QoS;
 
 use super::{Context, Counts};
 use crate::client::BenchClient;
@@ -48,21 +54,48 @@ const TARGET_RSS: u64 = 200_000_000;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a late wildcard subscriber collects retained messages.
-const RETAINED_WAIT: Duration = Duration::from_millis(1_500);
+/// How long a late subscriber waits for one more retained message before it
+/// gives up on those still missing. Only reached when some are, so it can be
+/// long: on a loaded machine the broker's router thread may pause that long.
+const RETAINED_QUIET: Duration = Duration::from_secs(5);
 
-/// Retained topics per runner once it has measured, at least: status, state,
-/// voltage, current, measure/voltage, measure/current.
-const RETAINED_PER_RUNNER: usize = 6;
+/// The retained topics of every runner once it has measured (the first
+/// measurement is taken as it starts), below `power-supply/<runner>/`.
+const RETAINED_LEAVES: [&str; 7] = [
+    "status",
+    "state",
+    "voltage",
+    "current",
+    "owner",
+    "measure/voltage",
+    "measure/current",
+];
+
+/// The late subscriptions checked, each by a new client: filter and QoS.
+const LATE_SUBSCRIPTIONS: [(&str, QoS); 4] = [
+    ("power-supply/+/status", QoS::AtMostOnce),
+    ("power-supply/+/status", QoS::AtLeastOnce),
+    ("power-supply/#", QoS::AtMostOnce),
+    ("power-supply/#", QoS::AtLeastOnce),
+];
+
+/// What one late subscription received of what it should have.
+#[derive(Debug, Clone)]
+struct LateCount {
+    filter: &'static str,
+    qos: QoS,
+    received: usize,
+    expected: usize,
+}
 
 /// One start of the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Start {
     broker_up: Duration,
     all_running: Duration,
     peak_rss: u64,
-    /// Retained messages a late `power-supply/#` subscriber received.
-    wildcard_retained: Option<usize>,
+    /// What the late subscribers received, on the first start of a case.
+    late: Option<Vec<LateCount>>,
     stop_time: Duration,
 }
 
@@ -136,28 +169,49 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
             );
         }
         rows.push(row);
-        if let Some(received) = starts[0].wildcard_retained {
-            rows.push(Row::new(
-                "4 scale",
-                format!(
-                    "{runners} runner{}: a client subscribing to power-supply/# once all run",
-                    if runners == 1 { "" } else { "s" }
-                ),
-                format!(
-                    "received {received} retained messages (expected ≥ {})",
-                    runners * RETAINED_PER_RUNNER
-                ),
-            ));
+        if let Some(late) = &starts[0].late {
+            rows.push(late_row(runners, late));
         }
     }
     Ok(rows)
+}
+
+/// The verdict row of the late subscribers of one case: met only if each
+/// received every runner's retained topics. A correctness check, so it
+/// holds in a smoke run too.
+fn late_row(runners: usize, late: &[LateCount]) -> Row {
+    let measured = late
+        .iter()
+        .map(|c| {
+            let qos = match c.qos {
+                QoS::AtMostOnce => 0,
+                QoS::AtLeastOnce => 1,
+                QoS::ExactlyOnce => 2,
+            };
+            format!("{} QoS {qos}: {}/{}", c.filter, c.received, c.expected)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let met = late.iter().all(|c| c.received == c.expected);
+    Row::new(
+        "4 scale",
+        format!(
+            "{runners} runner{}: late subscribers, retained topics received",
+            if runners == 1 { "" } else { "s" }
+        ),
+        measured,
+    )
+    .target(
+        format!("all ({} per runner under #)", RETAINED_LEAVES.len()),
+        if met { Verdict::Met } else { Verdict::Missed },
+    )
 }
 
 /// Starts the server with `runners` emulator runners and measures it.
 async fn start_once(
     binary: &Path,
     runners: usize,
-    check_wildcard: bool,
+    check_late: bool,
     smoke: bool,
 ) -> anyhow::Result<Start> {
     let dir = TempDir::new("scale")?;
@@ -187,7 +241,7 @@ async fn start_once(
             .stdout(Stdio::null())
             .stderr(log),
     )?;
-    let result = measure_running(&mut child, port, &names, started, check_wildcard, smoke).await;
+    let result = measure_running(&mut child, port, &names, started, check_late, smoke).await;
     let result = match result {
         Ok(mut start) => match child.terminate(STOP_TIMEOUT).await {
             Ok((status, stop_time)) if status.success() => {
@@ -209,7 +263,7 @@ async fn measure_running(
     port: u16,
     names: &[String],
     started: Instant,
-    check_wildcard: bool,
+    check_late: bool,
     smoke: bool,
 ) -> anyhow::Result<Start> {
     wait_listening(child, port, START_TIMEOUT).await?;
@@ -224,37 +278,61 @@ async fn measure_running(
     if let Some(status) = child.try_wait()? {
         bail!("the server exited on its own ({status})");
     }
-    let wildcard_retained = if check_wildcard {
-        Some(late_wildcard_subscriber(port).await?)
+    // Read before the late subscribers add their own buffers.
+    let peak_rss = peak_rss(child.id())?;
+    let late = if check_late {
+        Some(late_subscribers(port, names).await?)
     } else {
         None
     };
     Ok(Start {
         broker_up,
         all_running,
-        peak_rss: peak_rss(child.id())?,
-        wildcard_retained,
+        peak_rss,
+        late,
         stop_time: Duration::ZERO,
     })
 }
 
-/// How many retained messages a client subscribing to `power-supply/#`
-/// receives once every runner is `Running`. rumqttd 0.20 hands a new
-/// subscription at most as many retained messages as the connection has
-/// free in-flight slots (a constant 100, `MAX_INFLIGHT` in its
-/// `router/iobufs.rs`) and drops the rest, so a wildcard subscriber does not
-/// see the present state of every runner.
-async fn late_wildcard_subscriber(port: u16) -> anyhow::Result<usize> {
-    let mut client = BenchClient::connect(port, "pza-bench-scale-late").await?;
-    client.subscribe(&["power-supply/#".to_string()]).await?;
-    let deadline = Instant::now() + RETAINED_WAIT;
-    let mut received = std::collections::HashSet::new();
-    while let Ok(m) = client.recv_until(deadline).await {
-        if m.retain {
-            received.insert(m.topic);
+/// Subscribes, once every runner is `Running`, with each of
+/// [`LATE_SUBSCRIPTIONS`] in turn, and counts the retained topics received
+/// among those expected of `names`.
+async fn late_subscribers(port: u16, names: &[String]) -> anyhow::Result<Vec<LateCount>> {
+    let mut counts = Vec::new();
+    for (n, (filter, qos)) in LATE_SUBSCRIPTIONS.into_iter().enumerate() {
+        let leaves: &[&str] = if filter.ends_with("/status") {
+            &["status"]
+        } else {
+            &RETAINED_LEAVES
+        };
+        let expected: HashSet<String> = names
+            .iter()
+            .flat_map(|name| {
+                leaves
+                    .iter()
+                    .map(move |leaf| format!("power-supply/{name}/{leaf}"))
+            })
+            .collect();
+        let mut client = BenchClient::connect(port, &format!("pza-bench-scale-late-{n}")).await?;
+        client.subscribe_at(&[filter.to_string()], qos).await?;
+        let mut received = HashSet::new();
+        while received.len() < expected.len() {
+            match client.recv_until(Instant::now() + RETAINED_QUIET).await {
+                Ok(m) if m.retain && expected.contains(&m.topic) => {
+                    received.insert(m.topic);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
         }
+        counts.push(LateCount {
+            filter,
+            qos,
+            received: received.len(),
+            expected: expected.len(),
+        });
     }
-    Ok(received.len())
+    Ok(counts)
 }
 
 /// The last lines of the server's log, for an error message.

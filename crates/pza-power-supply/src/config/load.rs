@@ -198,6 +198,7 @@ pub fn parse(
         let runner = check_runner(path, &name, entry, &file.restart, factory)?;
         runners.insert(name, runner);
     }
+    check_instrument_uses(path, &runners, factory)?;
 
     Ok(ServerConfig {
         source: path.to_path_buf(),
@@ -407,6 +408,10 @@ fn check_runner(
         invalid(path, at, e.message)
     })?;
 
+    // Limits are checked against what this runner drives: one channel of a
+    // multi-channel instrument.
+    let scoped = model.runner_manifest(&driver_settings);
+    let owner = model.range_owner(&driver_settings);
     let limits = SecurityLimitsConfig {
         min_voltage: runner.security_min_voltage,
         max_voltage: runner.security_max_voltage,
@@ -417,16 +422,16 @@ fn check_runner(
         ("voltage", "V"),
         limits.min_voltage,
         limits.max_voltage,
-        manifest.voltage_range,
-        manifest.model,
+        scoped.voltage_range,
+        &owner,
     )
     .map_err(|(k, m)| invalid(path, key(&k), m))?;
     check_limits(
         ("current", "A"),
         limits.min_current,
         limits.max_current,
-        manifest.current_range,
-        manifest.model,
+        scoped.current_range,
+        &owner,
     )
     .map_err(|(k, m)| invalid(path, key(&k), m))?;
 
@@ -452,6 +457,51 @@ fn check_runner(
         restart: runner.restart,
         driver_settings,
     })
+}
+
+/// Runners that name one instrument share its connection: each must drive
+/// its own part of it (its own channel), with the same instrument settings.
+fn check_instrument_uses(
+    path: &Path,
+    runners: &BTreeMap<String, RunnerConfig>,
+    factory: &DriverFactory,
+) -> Result<(), ConfigFileError> {
+    let mut seen: Vec<(&str, crate::drivers::InstrumentUse)> = Vec::new();
+    for (name, runner) in runners {
+        let Some(model) = factory.model(&runner.model) else {
+            continue;
+        };
+        let Some(used) = model.instrument_use(&runner.driver_settings) else {
+            continue;
+        };
+        for (other, earlier) in &seen {
+            if earlier.instrument != used.instrument {
+                continue;
+            }
+            if earlier.shared_settings != used.shared_settings {
+                return Err(invalid(
+                    path,
+                    format!("runners.{name}"),
+                    format!(
+                        "{} is also driven by runner {other} with other settings; runners of one instrument share its connection and must agree ({other}: {}; {name}: {})",
+                        used.instrument, earlier.shared_settings, used.shared_settings
+                    ),
+                ));
+            }
+            if earlier.part == used.part {
+                return Err(invalid(
+                    path,
+                    format!("runners.{name}"),
+                    format!(
+                        "{} of {} is already driven by runner {other}",
+                        used.part, used.instrument
+                    ),
+                ));
+            }
+        }
+        seen.push((name, used));
+    }
+    Ok(())
 }
 
 /// Checks one pair of security limits against the model's range; returns the

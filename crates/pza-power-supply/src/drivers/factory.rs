@@ -39,11 +39,40 @@ pub fn parse_settings<T: serde::de::DeserializeOwned>(
         .map_err(SettingsError::from_path_error)
 }
 
+/// The part of a physical instrument one runner drives, for the config check
+/// that two runners do not drive the same thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstrumentUse {
+    /// The instrument, as runners name it (`tcp 192.168.1.50:5555`).
+    pub instrument: String,
+    /// The part of it this runner drives (`channel 2`).
+    pub part: String,
+    /// Settings of the instrument as a whole, which every runner of the
+    /// instrument must give alike (they share one connection).
+    pub shared_settings: String,
+}
+
 /// One driver model.
 pub trait DriverModel: Send + Sync {
     fn manifest(&self) -> &DriverManifest;
     /// Checks the model-specific settings of a runner, at config load.
     fn check_settings(&self, settings: &DriverSettings) -> Result<(), SettingsError>;
+    /// The manifest as it applies to a runner with these (checked) settings:
+    /// the ranges and decimals of the channel it drives, on a multi-channel
+    /// instrument.
+    fn runner_manifest(&self, _settings: &DriverSettings) -> DriverManifest {
+        self.manifest().clone()
+    }
+    /// What owns the ranges of [`DriverModel::runner_manifest`], for
+    /// messages (`rigol-dp832 channel 3`).
+    fn range_owner(&self, _settings: &DriverSettings) -> String {
+        self.manifest().model.to_string()
+    }
+    /// The instrument a runner with these (checked) settings drives, when
+    /// the model can tell.
+    fn instrument_use(&self, _settings: &DriverSettings) -> Option<InstrumentUse> {
+        None
+    }
     /// Builds a fresh driver for `runner`. Called again on every restart of
     /// that runner; the driver is initialized later, by the runner.
     fn instantiate(
@@ -70,6 +99,9 @@ impl DriverFactory {
         let mut factory = Self::new();
         factory.register(Arc::new(super::emulator::EmulatorModel::new()));
         factory.register(Arc::new(super::kd3005p::Kd3005pModel::new()));
+        for model in super::scpi::models() {
+            factory.register(model);
+        }
         factory
     }
 

@@ -251,7 +251,16 @@ async fn run(
             return Err(e);
         }
     };
-    session.link.shut(CLOSE_TIMEOUT).await;
+    if control.stop.is_cancelled() && !control.shutdown.is_cancelled() {
+        // Stopped by the supervisor (a restart, or the runner claimed by
+        // another server): the supervisor decides what becomes of the link.
+        // Closing it here and opening a new one at once for the restarted
+        // runner would lose the commands sent meanwhile, and rumqttd 0.20 may
+        // apply the old connection's late disconnect to the new one.
+        session.link.flush(CLOSE_TIMEOUT).await;
+    } else {
+        session.link.shut(CLOSE_TIMEOUT).await;
+    }
     outcome
 }
 

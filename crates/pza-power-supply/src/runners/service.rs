@@ -110,7 +110,8 @@ impl RunnersService {
                         factory.model_names().join(", ")
                     )
                 })?;
-                let manifest = model.manifest();
+                // The ranges and decimals of the channel this runner drives.
+                let manifest = &model.runner_manifest(&runner.driver_settings);
                 let policy = server_config
                     .restart
                     .merged(&runner.restart)
@@ -129,7 +130,12 @@ impl RunnersService {
                 let limits = SecurityLimits::resolve(&runner.limits, manifest);
                 let info = InfoReport {
                     model: manifest.model.to_string(),
-                    description: manifest.description.to_string(),
+                    // The user's words for this supply, else the model's.
+                    description: if runner.description.is_empty() {
+                        manifest.description.to_string()
+                    } else {
+                        runner.description.clone()
+                    },
                     security_min_voltage: limits.voltage.min,
                     security_max_voltage: limits.voltage.max,
                     security_min_current: limits.current.min,
@@ -484,12 +490,16 @@ impl Supervisor {
             return;
         };
         slot.stop = None;
-        if matches!(ending, Ending::Clean) {
-            // A runner that ends cleanly closes its connection.
-            slot.link = None;
+        let restart_requested = std::mem::take(&mut slot.restart_requested);
+        if matches!(ending, Ending::Clean) && !restart_requested {
+            // A runner that ends for good gives up its connection. One
+            // stopped by the supervisor left it open (it may have been for a
+            // restart), so it is closed here, off the supervisor's loop.
+            if let Some(link) = slot.link.take() {
+                tokio::spawn(async move { link.lock().await.shut(CLOSE_TIMEOUT).await });
+            }
             slot.link_ready = None;
         }
-        let restart_requested = std::mem::take(&mut slot.restart_requested);
         if !matches!(slot.ownership, Ownership::Owned(_)) {
             tracing::info!(runner = %name, "runner stopped: another server instance serves it");
             slot.state = SlotState::Stopped;

@@ -144,13 +144,15 @@ impl Query {
 /// `VSET1:%05.2f`: sets the voltage.
 pub fn set_voltage(voltage: Volts) -> Result<Vec<u8>, ProtocolError> {
     check_range(voltage.0, "V", VOLTAGE_RANGE)?;
-    Ok(format!("VSET1:{:05.1$}", voltage.0, VOLTAGE_DECIMALS).into_bytes())
+    let volts = rounded(voltage.0, VOLTAGE_DECIMALS);
+    Ok(format!("VSET1:{volts:05.VOLTAGE_DECIMALS$}").into_bytes())
 }
 
 /// `ISET1:%05.3f`: sets the current limit.
 pub fn set_current(current: Amps) -> Result<Vec<u8>, ProtocolError> {
     check_range(current.0, "A", CURRENT_RANGE)?;
-    Ok(format!("ISET1:{:05.1$}", current.0, CURRENT_DECIMALS).into_bytes())
+    let amps = rounded(current.0, CURRENT_DECIMALS);
+    Ok(format!("ISET1:{amps:05.CURRENT_DECIMALS$}").into_bytes())
 }
 
 /// `OUT1` / `OUT0`: switches the output on or off.
@@ -160,6 +162,14 @@ pub fn set_output(enabled: bool) -> &'static [u8] {
     } else {
         b"OUT0"
     }
+}
+
+/// `value` at `decimals` decimals, halves away from zero, as [`same_setting`]
+/// rounds: the formatter alone prints 1.115 as 1.11 (its binary value is
+/// just below the half), and the read-back would then not match.
+fn rounded(value: f64, decimals: usize) -> f64 {
+    let scale = 10f64.powi(decimals as i32);
+    (value * scale).round() / scale
 }
 
 fn check_range(value: f64, unit: &'static str, range: Range) -> Result<(), ProtocolError> {
@@ -277,6 +287,10 @@ mod tests {
         assert_eq!(set_current(Amps(1.0)).unwrap(), b"ISET1:1.000");
         assert_eq!(set_current(Amps(0.1234)).unwrap(), b"ISET1:0.123");
         assert_eq!(set_current(Amps(5.0)).unwrap(), b"ISET1:5.000");
+        // Rounded as the read-back is compared, not as the formatter would.
+        assert_eq!(set_voltage(Volts(1.115)).unwrap(), b"VSET1:01.12");
+        assert!(same_setting(1.115, 1.12, VOLTAGE_DECIMALS));
+        assert_eq!(set_current(Amps(1.2345)).unwrap(), b"ISET1:1.235");
         assert_eq!(set_output(true), b"OUT1");
         assert_eq!(set_output(false), b"OUT0");
     }

@@ -30,9 +30,10 @@ struct RawSettings {
     read_timeout_ms: Option<u64>,
 }
 
+/// The `serial_port` key as written; the SCPI models read it too.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSerialPort {
+pub(crate) struct RawSerialPort {
     name: Option<String>,
     usb_vid: Option<UsbId>,
     usb_pid: Option<UsbId>,
@@ -70,6 +71,47 @@ impl<'de> Deserialize<'de> for UsbId {
     }
 }
 
+impl RawSerialPort {
+    /// Which port the key names: a path, or a USB id.
+    pub(crate) fn selector(self) -> Result<PortSelector, SettingsError> {
+        Ok(match self {
+        RawSerialPort {
+            name: Some(name),
+            usb_vid: None,
+            usb_pid: None,
+            serial_number: None,
+        } => {
+            if name.trim().is_empty() {
+                return Err(error("serial_port.name", "must not be empty"));
+            }
+            PortSelector::Name(name)
+        }
+        RawSerialPort { name: Some(_), .. } => {
+            return Err(error(
+                "serial_port",
+                "give either name, or usb_vid and usb_pid (with an optional serial_number), not both",
+            ))
+        }
+        RawSerialPort {
+            name: None,
+            usb_vid: Some(vid),
+            usb_pid: Some(pid),
+            serial_number,
+        } => PortSelector::Usb {
+            vid: vid.0,
+            pid: pid.0,
+            serial_number,
+        },
+        RawSerialPort { name: None, .. } => {
+            return Err(error(
+                "serial_port",
+                "needs name (e.g. \"/dev/ttyACM0\"), or usb_vid and usb_pid (e.g. 0x0416 and 0x5011)",
+            ))
+        }
+    })
+    }
+}
+
 /// Checked settings of a `kd3005p` runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kd3005pSettings {
@@ -80,41 +122,7 @@ pub struct Kd3005pSettings {
 impl Kd3005pSettings {
     pub fn parse(settings: &DriverSettings) -> Result<Self, SettingsError> {
         let raw: RawSettings = parse_settings(settings)?;
-        let port = match raw.serial_port {
-            RawSerialPort {
-                name: Some(name),
-                usb_vid: None,
-                usb_pid: None,
-                serial_number: None,
-            } => {
-                if name.trim().is_empty() {
-                    return Err(error("serial_port.name", "must not be empty"));
-                }
-                PortSelector::Name(name)
-            }
-            RawSerialPort { name: Some(_), .. } => {
-                return Err(error(
-                    "serial_port",
-                    "give either name, or usb_vid and usb_pid (with an optional serial_number), not both",
-                ))
-            }
-            RawSerialPort {
-                name: None,
-                usb_vid: Some(vid),
-                usb_pid: Some(pid),
-                serial_number,
-            } => PortSelector::Usb {
-                vid: vid.0,
-                pid: pid.0,
-                serial_number,
-            },
-            RawSerialPort { name: None, .. } => {
-                return Err(error(
-                    "serial_port",
-                    "needs name (e.g. \"/dev/ttyACM0\"), or usb_vid and usb_pid (e.g. 0x0416 and 0x5011)",
-                ))
-            }
-        };
+        let port = raw.serial_port.selector()?;
         let defaults = Timing::default();
         let timing = Timing {
             pacing: millis("pacing_ms", raw.pacing_ms, defaults.pacing, 0)?,

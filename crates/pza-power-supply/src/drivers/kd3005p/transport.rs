@@ -102,6 +102,15 @@ pub enum PortSelector {
 /// Opens the serial port at 9600 8N1, no flow control. USB enumeration and
 /// the `open` syscalls run on the blocking pool, off the async runtime.
 pub async fn open_serial(selector: &PortSelector) -> Result<(String, SerialStream), DriverError> {
+    open_serial_at(selector, BAUD_RATE).await
+}
+
+/// Opens the serial port at `baud_rate`, 8N1, no flow control (the SCPI
+/// models share this with the KD3005P).
+pub async fn open_serial_at(
+    selector: &PortSelector,
+    baud_rate: u32,
+) -> Result<(String, SerialStream), DriverError> {
     let selector = selector.clone();
     tokio::task::spawn_blocking(move || {
         let path = match selector {
@@ -112,7 +121,7 @@ pub async fn open_serial(selector: &PortSelector) -> Result<(String, SerialStrea
                 serial_number,
             } => find_usb_port(vid, pid, serial_number.as_deref())?,
         };
-        let builder = tokio_serial::new(&path, BAUD_RATE)
+        let builder = tokio_serial::new(&path, baud_rate)
             .data_bits(DataBits::Eight)
             .parity(Parity::None)
             .stop_bits(StopBits::One)
