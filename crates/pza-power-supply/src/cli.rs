@@ -40,6 +40,8 @@ pub enum Command {
     Ctl(crate::ctl::CtlArgs),
     /// Watch and drive the power supplies of a running server in the terminal.
     Tui(TuiArgs),
+    /// The MCP server on stdin/stdout, for AI assistants that launch a command.
+    Mcp(crate::mcp::McpArgs),
 }
 
 /// The devices that can be simulated.
@@ -110,7 +112,7 @@ pub struct RunArgs {
     /// Do not start the runners.
     #[arg(long)]
     pub no_runners: bool,
-    /// Do not start the MCP server (no MCP server exists yet).
+    /// Do not start the MCP server, even if the config enables it.
     #[arg(long)]
     pub no_mcp: bool,
     /// Do not show the terminal UI (it is shown when tui.enable is true and stdout is a terminal).
@@ -172,6 +174,7 @@ pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCo
     let options = ServerOptions {
         no_broker: args.no_broker,
         no_runners: args.no_runners,
+        no_mcp: args.no_mcp,
     };
     let server = match Server::start(config, Arc::new(Mutex::new(factory)), options).await {
         Ok(server) => server,
@@ -451,15 +454,16 @@ pub fn list(args: ListArgs, factory: &DriverFactory) -> anyhow::Result<String> {
         }
         if all || args.mcps {
             let mcp = &config.mcp;
+            out.push_str("mcps:\n");
+            let names: Vec<String> = config.runners.keys().cloned().collect();
             let state = if mcp.enable {
-                "enabled in the config, not built yet"
+                ""
             } else {
-                "disabled"
+                " (disabled: set mcp.enable)"
             };
-            out.push_str(&format!(
-                "mcps:\n  mcp {}:{}: {state}\n",
-                mcp.host, mcp.port
-            ));
+            for url in pza_power_supply_mcp::urls(&mcp.host, mcp.port, &names) {
+                out.push_str(&format!("  {url}{state}\n"));
+            }
         }
     }
     Ok(out)

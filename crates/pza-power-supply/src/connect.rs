@@ -112,6 +112,12 @@ pub fn for_broker(broker: &BrokerConfig, timeout: Duration) -> anyhow::Result<Cl
     merge(&ConnectArgs::default(), None, Some(broker), timeout)
 }
 
+/// The options of a client of the server's own broker (the MCP server and
+/// the TUI inside `run`): the config's broker section alone.
+pub fn own_broker(broker: &BrokerConfig, timeout: Duration) -> anyhow::Result<ClientOptions> {
+    merge(&ConnectArgs::default(), None, Some(broker), timeout)
+}
+
 /// The flags over the broker section of the config file.
 fn merge(
     args: &ConnectArgs,

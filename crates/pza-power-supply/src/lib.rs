@@ -15,6 +15,8 @@
 //! - [`simulator`]: simulated devices on pseudo-terminals (a KD3005P), to run
 //!   and test the whole stack without hardware.
 //! - [`tui`]: the terminal UI, a client of the runners like `ctl`.
+//! - [`mcp`]: the MCP server for AI assistants, inside `run` (HTTP) and as
+//!   `mcp --stdio`; its tools are the `pza-power-supply-mcp` crate.
 //! - [`cli`]: the command line; [`ctl`] its one-shot client commands, and
 //!   [`connect`] the `CONNECT` flags that reach a running server's broker.
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod connect;
 pub mod ctl;
 pub mod drivers;
+pub mod mcp;
 pub mod runners;
 pub mod server;
 pub mod simulator;

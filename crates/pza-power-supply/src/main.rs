@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pza_power_supply::cli::{self, Cli, Command};
-use pza_power_supply::ctl;
 use pza_power_supply::drivers::DriverFactory;
+use pza_power_supply::{ctl, mcp};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(cli::simulate(args))),
         Command::Ctl(args) => runtime().map(|rt| rt.block_on(ctl::run(args, &factory))),
         Command::Tui(args) => runtime().and_then(|rt| rt.block_on(cli::tui(args, &factory))),
+        Command::Mcp(args) => runtime().and_then(|rt| rt.block_on(mcp::stdio(args, &factory))),
     };
     match outcome {
         Ok(code) => code,

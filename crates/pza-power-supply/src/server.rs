@@ -1,8 +1,10 @@
-//! The server: the embedded broker (unless an external one is used) and the
-//! runners, started in that order and stopped in the reverse order.
+//! The server: the embedded broker (unless an external one is used), the
+//! runners and the MCP server, started in that order and stopped in the
+//! reverse order.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pza_toolkit::mqtt::EmbeddedBroker;
 use tokio::sync::Mutex;
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::drivers::DriverFactory;
+use crate::mcp::McpHttp;
 use crate::runners::RunnersService;
 
 /// What to leave out, from the command line.
@@ -20,18 +23,22 @@ pub struct ServerOptions {
     pub no_broker: bool,
     /// Do not start the runners.
     pub no_runners: bool,
+    /// Do not start the MCP server, even if the config enables it.
+    pub no_mcp: bool,
 }
 
 /// A running server.
 pub struct Server {
     broker: Option<EmbeddedBroker>,
     runners: Option<(RunnersService, JoinHandle<anyhow::Result<()>>)>,
+    mcp: Option<McpHttp>,
     shutdown: CancellationToken,
+    shutdown_timeout: Duration,
 }
 
 impl Server {
-    /// Starts the broker, waits until it accepts connections, then starts the
-    /// runners.
+    /// Starts the broker, waits until it accepts connections, binds the MCP
+    /// server, then starts the runners.
     pub async fn start(
         config: ServerConfig,
         factory: Arc<Mutex<DriverFactory>>,
@@ -57,12 +64,32 @@ impl Server {
         } else {
             None
         };
+        // Bound before the runners start, so that a port in use stops the
+        // start-up before any device is touched.
+        let mcp = if config.mcp.enable && !options.no_mcp {
+            match McpHttp::start(&config, shutdown.clone()).await {
+                Ok(mcp) => Some(mcp),
+                Err(e) => {
+                    if let Some(broker) = broker {
+                        broker.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
         let runners = if options.no_runners {
             None
         } else {
             match RunnersService::start_with_shutdown(config, factory, shutdown.clone()).await {
                 Ok(started) => Some(started),
                 Err(e) => {
+                    shutdown.cancel();
+                    if let Some(mcp) = mcp {
+                        mcp.stop(shutdown_timeout).await;
+                    }
                     if let Some(broker) = broker {
                         broker.stop().await;
                     }
@@ -73,8 +100,15 @@ impl Server {
         Ok(Server {
             broker,
             runners,
+            mcp,
             shutdown,
+            shutdown_timeout,
         })
+    }
+
+    /// Where the MCP server listens, when it runs.
+    pub fn mcp_addr(&self) -> Option<SocketAddr> {
+        self.mcp.as_ref().map(McpHttp::local_addr)
     }
 
     /// The token that starts the graceful shutdown when cancelled.
@@ -82,10 +116,13 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Waits for the shutdown to be asked, then for the runners to stop, and
-    /// stops the broker last.
+    /// Waits for the shutdown to be asked, then for the MCP server and the
+    /// runners to stop, and stops the broker last.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
+        if let Some(mcp) = self.mcp {
+            mcp.stop(self.shutdown_timeout).await;
+        }
         let result = match self.runners {
             Some((_service, handle)) => match handle.await {
                 Ok(result) => result,

@@ -474,15 +474,14 @@ async fn info_is_retained_and_published_before_running() {
             v["status"] == "Running" && v["restarts"] == 1
         })
         .await;
-    let initializing = before
-        .iter()
-        .position(|m| m.topic == "power-supply/i/status" && m.json()["status"] == "Initializing")
-        .expect("Initializing before Running");
+    // Every message here was published after the restart command, so an
+    // info among them is the restarted runner's, and it came before its
+    // Running. Its place relative to `Initializing` is not checked: the
+    // statuses travel on the supervisor's connection and the info on the
+    // runner's, and MQTT orders messages per topic, not across connections.
     assert!(
-        before[initializing..]
-            .iter()
-            .any(|m| m.topic == "power-supply/i/info"),
-        "no info between Initializing and Running: {before:?}"
+        before.iter().any(|m| m.topic == "power-supply/i/info"),
+        "no info published between the restart and Running: {before:?}"
     );
     server.stop().await;
 }

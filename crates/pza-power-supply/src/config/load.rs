@@ -138,7 +138,7 @@ pub fn parse(
     factory: &DriverFactory,
 ) -> Result<ServerConfig, ConfigFileError> {
     let value = parse_json5_value(path, text)?;
-    if let Some(key) = first_null(&value, "") {
+    if let Some(key) = first_null(&value, "").filter(|key| key != NULLABLE_TOKEN) {
         return Err(invalid(
             path,
             key,
@@ -189,6 +189,7 @@ pub fn parse(
             ),
         ));
     }
+    check_mcp(path, &file.mcp)?;
     file.restart
         .resolve()
         .map_err(|(key, message)| invalid(path, format!("restart.{key}"), message))?;
@@ -211,6 +212,10 @@ pub fn parse(
     })
 }
 
+/// The one key that may be null: `token: null` reads as "no token", as the
+/// documented example writes it, and cannot weaken a limit.
+const NULLABLE_TOKEN: &str = "mcp.token";
+
 /// The key path of the first `null` in `value`. The JSON5 reader turns NaN
 /// and Infinity into null (JSON has no such numbers), and an optional key
 /// set to null would silently read as left out (a security limit as "no
@@ -232,6 +237,45 @@ fn first_null(value: &Value, at: &str) -> Option<String> {
             .find_map(|(i, v)| first_null(v, &format!("{at}[{i}]"))),
         _ => None,
     }
+}
+
+fn check_mcp(path: &Path, mcp: &McpConfig) -> Result<(), ConfigFileError> {
+    if mcp.host.parse::<IpAddr>().is_err() && mcp.host != "localhost" {
+        return Err(invalid(
+            path,
+            "mcp.host",
+            format!(
+                "\"{}\" is not an IP address to bind the MCP server to",
+                mcp.host
+            ),
+        ));
+    }
+    for (i, host) in mcp.allowed_hosts.iter().enumerate() {
+        if host.trim().is_empty() || host.contains(['/', ' ']) {
+            return Err(invalid(
+                path,
+                format!("mcp.allowed_hosts[{i}]"),
+                format!("\"{host}\" is not a host name or host:port"),
+            ));
+        }
+    }
+    for (i, origin) in mcp.allowed_origins.iter().enumerate() {
+        if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            return Err(invalid(
+                path,
+                format!("mcp.allowed_origins[{i}]"),
+                format!("\"{origin}\" is not an origin (scheme://host[:port], e.g. http://localhost:6274)"),
+            ));
+        }
+    }
+    if mcp.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(invalid(
+            path,
+            "mcp.token",
+            "must not be empty (leave it out, or null, for no token)",
+        ));
+    }
+    Ok(())
 }
 
 fn check_broker(path: &Path, broker: &BrokerConfig) -> Result<(), ConfigFileError> {

@@ -111,16 +111,27 @@ fn default_port() -> u16 {
     1883
 }
 
-/// The MCP service (not built yet: the keys are accepted and checked).
+/// The MCP server (HTTP), for AI assistants.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpConfig {
     #[serde(default)]
     pub enable: bool,
+    /// The address to bind; the loopback by default, so that only this
+    /// machine reaches it.
     #[serde(default = "default_addr")]
     pub host: String,
     #[serde(default = "default_mcp_port")]
     pub port: u16,
+    /// `Host` headers accepted besides localhost, 127.0.0.1, [::1] and `host`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` headers accepted (browser clients); none by default.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// If set, requests need `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl Default for McpConfig {
@@ -129,6 +140,9 @@ impl Default for McpConfig {
             enable: false,
             host: default_addr(),
             port: default_mcp_port(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            token: None,
         }
     }
 }

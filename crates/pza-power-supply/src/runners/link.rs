@@ -135,6 +135,125 @@ impl std::fmt::Debug for MqttLink {
     }
 }
 
+/// A publish refused because the MQTT client is closed: the link is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT client closed: {0}")]
+pub struct LinkClosed(#[from] rumqttc::ClientError);
+
+/// Publishes on a link it does not own (see [`MqttLink::publisher`]).
+#[derive(Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    shared: Arc<Shared>,
+}
+
+impl Publisher {
+    /// Publishes at QoS 1. While connected, waits while the request channel
+    /// is full (back-pressure); while disconnected, never waits (see the
+    /// module doc).
+    pub async fn publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), LinkClosed> {
+        if !self.shared.connected.load(Ordering::SeqCst) {
+            self.publish_offline(topic, retain, payload);
+            return Ok(());
+        }
+        self.shared.queued();
+        let queued = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await;
+        if let Err(e) = queued {
+            // Never sent, so never acknowledged: given up for lost.
+            self.shared.ack();
+            return Err(LinkClosed(e));
+        }
+        Ok(())
+    }
+
+    /// `publish` without ever waiting: false, and nothing sent, when the
+    /// request channel is full or closed.
+    pub fn try_publish(&self, topic: &str, retain: bool, payload: &[u8]) -> bool {
+        if !self.shared.connected.load(Ordering::SeqCst) {
+            self.publish_offline(topic.to_string(), retain, payload.to_vec());
+            return true;
+        }
+        self.shared.queued();
+        let queued = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload.to_vec());
+        if queued.is_err() {
+            self.shared.ack();
+            return false;
+        }
+        true
+    }
+
+    /// A mark on the publishes made so far, to wait for with
+    /// [`Acknowledged::wait`].
+    pub fn mark(&self, pending: u64) -> Acknowledged {
+        Acknowledged {
+            shared: self.shared.clone(),
+            mark: self.shared.sent.load(Ordering::SeqCst) + pending,
+        }
+    }
+
+    /// While disconnected: queued for the reconnection, or dropped beyond
+    /// `OFFLINE_QUEUE_MAX`.
+    fn publish_offline(&self, topic: String, retain: bool, payload: Vec<u8>) {
+        if self.shared.offline_queued.fetch_add(1, Ordering::SeqCst) >= OFFLINE_QUEUE_MAX {
+            tracing::debug!(%topic, "MQTT broker out of reach: message dropped");
+            return;
+        }
+        self.shared.queued();
+        if let Err(e) = self
+            .client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+        {
+            self.shared.ack();
+            tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
+        }
+    }
+}
+
+/// The first `mark` publishes of a link, to wait for: once the broker has
+/// acknowledged them, it routes them before anything published afterwards
+/// on another connection.
+#[derive(Clone)]
+pub struct Acknowledged {
+    shared: Arc<Shared>,
+    mark: u64,
+}
+
+impl std::fmt::Debug for Acknowledged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acknowledged")
+            .field("mark", &self.mark)
+            .finish()
+    }
+}
+
+impl Acknowledged {
+    /// Waits until those publishes were acknowledged, or given up for lost
+    /// (the connection dropped), for at most `timeout`. Returns whether
+    /// they were.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let acked = async {
+            loop {
+                let notified = self.shared.changed.notified();
+                if self.shared.acked.load(Ordering::SeqCst) >= self.mark {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, acked).await.is_ok()
+    }
+}
+
 /// Aborts the task when dropped, so that a runner that panics does not leave
 /// its connection behind.
 struct AbortOnDrop(JoinHandle<()>);
@@ -217,33 +336,17 @@ impl MqttLink {
         topic: String,
         retain: bool,
         payload: Vec<u8>,
-    ) -> anyhow::Result<()> {
-        if self.is_connected() {
-            self.shared.queued();
-            let queued = self
-                .client
-                .publish(topic, QoS::AtLeastOnce, retain, payload)
-                .await;
-            if let Err(e) = queued {
-                // Never sent, so never acknowledged: given up for lost.
-                self.shared.ack();
-                anyhow::bail!("MQTT client closed: {e}");
-            }
-            return Ok(());
+    ) -> Result<(), LinkClosed> {
+        self.publisher().publish(topic, retain, payload).await
+    }
+
+    /// A handle that publishes on this link from another task, while the
+    /// owner of the link keeps receiving on it.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            client: self.client.clone(),
+            shared: self.shared.clone(),
         }
-        if self.shared.offline_queued.fetch_add(1, Ordering::SeqCst) >= OFFLINE_QUEUE_MAX {
-            tracing::debug!(%topic, "MQTT broker out of reach: message dropped");
-            return Ok(());
-        }
-        self.shared.queued();
-        if let Err(e) = self
-            .client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
-        {
-            self.shared.ack();
-            tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
-        }
-        Ok(())
     }
 
     /// Waits until every publish made so far was acknowledged by the broker,

@@ -1,20 +1,25 @@
 //! Runners and their supervision.
 //!
 //! - [`runner`]: one device on one MQTT connection.
+//! - [`error`]: why a runner ended, typed, with the runner's name.
 //! - [`limits`]: the security limits guard, the one place limits are checked.
 //! - [`restart`]: the restart decisions of one runner, without I/O.
-//! - [`service`]: the `RunnersService`, which starts every runner and
-//!   restarts the ones that crash.
+//! - [`supervisor`]: the `RunnersService`, which starts every runner and
+//!   restarts the ones that crash: a pure state machine per runner, the
+//!   multi-server ownership protocol, and the I/O shell that carries out
+//!   their decisions.
 //! - [`link`]: an MQTT connection with its own event-loop task.
 //! - [`refuser`]: answers the commands sent to a `Failed` runner.
 
+pub mod error;
 pub mod limits;
 pub mod link;
 pub mod refuser;
 pub mod restart;
 pub mod runner;
-pub mod service;
+pub mod supervisor;
 
+pub use error::{Cause, RunnerError};
 pub use limits::SecurityLimits;
 pub use runner::{Runner, RunnerControl, RunnerReport, RunnerSettings};
-pub use service::RunnersService;
+pub use supervisor::RunnersService;

@@ -62,20 +62,26 @@ impl RestartTracker {
     }
 }
 
+/// A policy with round numbers and no jitter, for the tests.
+#[cfg(test)]
+pub(crate) fn test_policy() -> RestartPolicy {
+    RestartPolicy {
+        initial_delay: Duration::from_millis(100),
+        multiplier: 2.0,
+        max_delay: Duration::from_millis(1000),
+        jitter: 0.0,
+        max_retries: 3,
+        reset_after: Duration::from_secs(60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::time::advance;
 
     fn policy() -> RestartPolicy {
-        RestartPolicy {
-            initial_delay: Duration::from_millis(100),
-            multiplier: 2.0,
-            max_delay: Duration::from_millis(1000),
-            jitter: 0.0,
-            max_retries: 3,
-            reset_after: Duration::from_secs(60),
-        }
+        test_policy()
     }
 
     #[tokio::test(start_paused = true)]

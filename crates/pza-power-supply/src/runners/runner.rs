@@ -1,16 +1,19 @@
 //! One runner: one device on one MQTT connection.
 //!
 //! The runner task initializes the driver, waits until its connection is
-//! subscribed, reads the device state (clamping a setpoint found outside the
+//! subscribed and until the broker has the supervisor's `Initializing` for
+//! this start (so that what the runner publishes comes after it), reads the
+//! device state (clamping a setpoint found outside the
 //! security limits), publishes `P/info` and the state retained and reports
 //! `Running`. Then it serves commands one at a time, and measures every
 //! `measure_period` in two steps (voltage, then current) with commands
 //! served in between, so that a command waits behind at most one device
 //! request of a measurement. Every driver call runs under `command_timeout`.
 //!
-//! The task ends with `Ok` when it is stopped, and with `Err` when the driver
-//! reports a fatal error (the link to the device is in an unknown state): the
-//! supervisor then restarts it with a fresh driver. A panic in a driver call
+//! The task ends with `Ok` when it is stopped, and with a [`RunnerError`]
+//! (the runner's name over a [`Cause`], which wraps the `DriverError`) when
+//! the driver reports a fatal error (the link to the device is in an unknown
+//! state): the supervisor then restarts it with a fresh driver. A panic in a driver call
 //! is caught, answered on `P/error` like a fatal error, and then resumed, so
 //! that the `TaskMonitor` still sees (and the supervisor counts) a panic.
 //!
@@ -27,17 +30,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use pza_toolkit::mqtt::{client_options, BrokerEndpoint};
 use pza_toolkit::task_monitor::TaskHandle;
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::error::{Cause, DriverPanic, RunnerError};
 use super::limits::SecurityLimits;
-use super::link::{LinkEvent, MqttLink, Readiness};
+use super::link::{Acknowledged, LinkEvent, MqttLink, Readiness};
 use crate::config::OnShutdown;
-use crate::drivers::{DriverError, ErrorKind, PowerSupplyDriver};
+use crate::drivers::{DriverError, PowerSupplyDriver};
 use crate::protocol::payload::{
     command_id, error_reply, measure_reply, parse_command, parse_measure, state_reply, value_reply,
     Measurement,
@@ -94,6 +97,10 @@ pub struct RunnerControl {
     /// subscribed, with the commands still waiting in it), and is closed by a
     /// runner that ends cleanly.
     pub link: SharedLink,
+    /// The supervisor's `Initializing` for this start, on its own
+    /// connection: the runner publishes nothing before the broker has it, so
+    /// that its `P/info` and state come after that status (`None`: no wait).
+    pub announced: Option<Acknowledged>,
 }
 
 /// A runner's MQTT connection, kept by the supervisor across restarts.
@@ -127,9 +134,13 @@ impl Runner {
     ) -> TaskHandle {
         tokio::spawn(async move {
             let name = settings.name.clone();
-            run(settings, driver, control)
-                .await
-                .with_context(|| format!("runner '{name}'"))
+            run(settings, driver, control).await.map_err(|cause| {
+                RunnerError {
+                    runner: name,
+                    cause,
+                }
+                .into()
+            })
         })
     }
 }
@@ -138,39 +149,13 @@ impl Runner {
 enum Failure {
     /// Answered on `P/error`; the runner goes on.
     Answered,
-    /// Answered on `P/error`; the runner must end with this error (a
-    /// [`DriverPanic`] for a panic).
-    Fatal(anyhow::Error),
+    /// Answered on `P/error` (when it could be); the runner must end.
+    Fatal(Cause),
 }
 
-/// A panic caught in a driver call, carried out of the runner's loop as an
-/// error so that the runner can answer its pending commands before the
-/// panic is resumed.
-#[derive(Debug)]
-struct DriverPanic {
-    text: String,
-    /// The original payload, resumed as is. In a mutex only to make the
-    /// error `Sync`, as `anyhow` requires.
-    payload: std::sync::Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-impl std::fmt::Display for DriverPanic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the driver panicked: {}", self.text)
-    }
-}
-
-impl std::error::Error for DriverPanic {}
-
-/// The text of a panic payload (`panic!` gives a `&str` or a `String`),
-/// read without consuming the payload, which is resumed afterwards.
-fn panic_text(payload: &(dyn Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else if let Some(text) = payload.downcast_ref::<&'static str>() {
-        (*text).to_string()
-    } else {
-        "panic with a non-text payload".to_string()
+impl From<Cause> for Failure {
+    fn from(cause: Cause) -> Failure {
+        Failure::Fatal(cause)
     }
 }
 
@@ -208,7 +193,7 @@ async fn run(
     settings: RunnerSettings,
     driver: Box<dyn PowerSupplyDriver>,
     control: RunnerControl,
-) -> anyhow::Result<()> {
+) -> Result<(), Cause> {
     let link = control.link.clone().lock_owned().await;
     let mut driver = driver;
     let mut session = Session { settings, link };
@@ -218,7 +203,7 @@ async fn run(
     // as after an error: both restart the runner.
     let reason = match &served {
         Ok(()) if control.shutdown.is_cancelled() => "not applied: the server is shutting down",
-        Err(e) if closed_by_device(e) => "not applied: the device ended the session",
+        Err(e) if e.closed_by_device() => "not applied: the device ended the session",
         _ => "not applied: the runner is restarting",
     };
     if let Err(e) = session.refuse_pending(reason).await {
@@ -226,7 +211,7 @@ async fn run(
     }
     let outcome = match served {
         Ok(()) => session.stop(&mut driver, &control).await,
-        Err(e) if closed_by_device(&e) => {
+        Err(e) if e.closed_by_device() => {
             tracing::info!(runner = %session.settings.name, cause = %e, "the device ended the session");
             Ok(())
         }
@@ -235,13 +220,8 @@ async fn run(
             // on the broker first.
             session.link.flush(CLOSE_TIMEOUT).await;
             drop(session);
-            if let Some(panic) = e.downcast_ref::<DriverPanic>() {
-                let payload = panic
-                    .payload
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .take();
-                if let Some(payload) = payload {
+            if let Cause::Panic(panic) = &e {
+                if let Some(payload) = panic.take_payload() {
                     // Ends the task as the panic it is, released link and
                     // all, so that the supervisor counts it as one.
                     drop(driver);
@@ -264,17 +244,10 @@ async fn run(
     outcome
 }
 
-/// True when `error` is the device ending the session on purpose.
-fn closed_by_device(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<DriverError>()
-        .is_some_and(|e| e.kind() == ErrorKind::Closed)
-}
-
 impl Session {
     /// Brings the runner up, then serves until stopped (`Ok`) or a fatal error.
     /// A stop interrupts the bring-up, but never a command in progress.
-    async fn serve(&mut self, driver: &mut Driver, control: &RunnerControl) -> anyhow::Result<()> {
+    async fn serve(&mut self, driver: &mut Driver, control: &RunnerControl) -> Result<(), Cause> {
         tokio::select! {
             _ = control.stop.cancelled() => return Ok(()),
             ready = self.bring_up(driver, control) => ready?,
@@ -306,7 +279,7 @@ impl Session {
                             reconnected: true,
                         });
                     }
-                    None => anyhow::bail!("MQTT connection closed"),
+                    None => return Err(Cause::ConnectionClosed),
                 },
                 _ = std::future::ready(()), if current_due => {
                     current_due = false;
@@ -326,21 +299,27 @@ impl Session {
         &mut self,
         driver: &mut Driver,
         control: &RunnerControl,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Cause> {
         let timeout = self.settings.command_timeout;
         match tokio::time::timeout(timeout, driver.initialize()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("driver initialization failed")),
-            Err(_) => anyhow::bail!(
-                "driver initialization did not finish within {} ms",
-                timeout.as_millis()
-            ),
+            Ok(Err(e)) => return Err(Cause::Initialization(e)),
+            Err(_) => {
+                return Err(Cause::InitializationTimeout {
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
         }
         while !self.link.is_ready() {
             match self.link.recv().await {
                 Some(LinkEvent::Connected { .. }) => break,
                 Some(LinkEvent::Message(_)) => {}
-                None => anyhow::bail!("MQTT connection closed before it was ready"),
+                None => return Err(Cause::ConnectionClosedBeforeReady),
+            }
+        }
+        if let Some(announced) = &control.announced {
+            if !announced.wait(timeout).await {
+                tracing::debug!(runner = %self.settings.name, "the supervisor's Initializing was not acknowledged in time");
             }
         }
         self.clamp_setpoints(driver).await?;
@@ -361,7 +340,7 @@ impl Session {
     /// Answers the commands received but not served when the runner is
     /// stopped, so that each gets its one answer: an error saying it was
     /// not applied.
-    async fn refuse_pending(&mut self, reason: &str) -> anyhow::Result<()> {
+    async fn refuse_pending(&mut self, reason: &str) -> Result<(), Cause> {
         while let Some(event) = self.link.try_recv() {
             let LinkEvent::Message(publish) = event else {
                 continue;
@@ -376,7 +355,7 @@ impl Session {
     }
 
     /// Applies `on_shutdown` when the server shuts down, and closes the driver.
-    async fn stop(&mut self, driver: &mut Driver, control: &RunnerControl) -> anyhow::Result<()> {
+    async fn stop(&mut self, driver: &mut Driver, control: &RunnerControl) -> Result<(), Cause> {
         let timeout = self.settings.command_timeout;
         if control.shutdown.is_cancelled() && self.settings.on_shutdown == OnShutdown::OutputOff {
             let off = async {
@@ -411,11 +390,11 @@ impl Session {
         Ok(())
     }
 
-    async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> anyhow::Result<()> {
-        self.link.publish(topic, retain, payload).await
+    async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), Cause> {
+        Ok(self.link.publish(topic, retain, payload).await?)
     }
 
-    async fn publish_error(&self, pza_id: Option<&str>, message: &str) -> anyhow::Result<()> {
+    async fn publish_error(&self, pza_id: Option<&str>, message: &str) -> Result<(), Cause> {
         tracing::debug!(runner = %self.settings.name, pza_id, message, "command rejected");
         self.publish(
             self.settings.topics.error(),
@@ -433,22 +412,19 @@ impl Session {
         what: &str,
         pza_id: Option<&str>,
         operation: impl for<'a> FnOnce(&'a mut dyn PowerSupplyDriver) -> DriverFuture<'a, T>,
-    ) -> anyhow::Result<Result<T, Failure>> {
+    ) -> Result<T, Failure> {
         let timeout = self.settings.command_timeout;
         let guarded = CatchUnwind(Box::pin(operation(driver.as_mut())));
         let outcome = tokio::time::timeout(timeout, guarded).await;
         let error = match outcome {
-            Ok(Ok(Ok(value))) => return Ok(Ok(value)),
+            Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(e))) => e,
             Ok(Err(payload)) => {
-                let panic = DriverPanic {
-                    text: panic_text(payload.as_ref()),
-                    payload: std::sync::Mutex::new(Some(payload)),
-                };
+                let panic = DriverPanic::new(payload);
                 tracing::error!(runner = %self.settings.name, pza_id, "{what}: {panic}");
                 self.publish_error(pza_id, &format!("{what}: {panic}"))
                     .await?;
-                return Ok(Err(Failure::Fatal(anyhow::Error::new(panic))));
+                return Err(Failure::Fatal(Cause::Panic(panic)));
             }
             Err(_) => DriverError::timeout(format!(
                 "the device did not answer within {} ms (command_timeout_ms)",
@@ -458,15 +434,16 @@ impl Session {
         self.publish_error(pza_id, &format!("{what}: {error}"))
             .await?;
         if error.kind().ends_session() {
-            Ok(Err(Failure::Fatal(
-                anyhow::Error::new(error).context(format!("{what} failed")),
-            )))
+            Err(Failure::Fatal(Cause::Driver {
+                what: what.to_string(),
+                source: error,
+            }))
         } else {
-            Ok(Err(Failure::Answered))
+            Err(Failure::Answered)
         }
     }
 
-    async fn handle(&mut self, driver: &mut Driver, publish: Publish) -> anyhow::Result<()> {
+    async fn handle(&mut self, driver: &mut Driver, publish: Publish) -> Result<(), Cause> {
         if publish.topic == self.settings.topics.measure_command() {
             return self.measure_now(driver, &publish.payload).await;
         }
@@ -503,7 +480,7 @@ impl Session {
                         d.output_enabled().await
                     })
                 })
-                .await?
+                .await
                 .map(|enabled| state_reply(pza_id, enabled)),
             Request::SetVoltage(v) => self
                 .call(driver, "voltage", pza_id, |d| {
@@ -512,7 +489,7 @@ impl Session {
                         d.voltage_setpoint().await
                     })
                 })
-                .await?
+                .await
                 .map(|v| value_reply(pza_id, "voltage", v.0, vd)),
             Request::SetCurrent(a) => self
                 .call(driver, "current", pza_id, |d| {
@@ -521,7 +498,7 @@ impl Session {
                         d.current_limit().await
                     })
                 })
-                .await?
+                .await
                 .map(|a| value_reply(pza_id, "current", a.0, cd)),
         };
         match reply {
@@ -537,19 +514,19 @@ impl Session {
         &mut self,
         driver: &mut Driver,
         quantity: Attribute,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Cause> {
         let measured = match quantity {
             Attribute::Current => {
                 self.call(driver, "measure", None, |d| {
                     Box::pin(async move { Ok(d.measure_current().await?.0) })
                 })
-                .await?
+                .await
             }
             _ => {
                 self.call(driver, "measure", None, |d| {
                     Box::pin(async move { Ok(d.measure_voltage().await?.0) })
                 })
-                .await?
+                .await
             }
         };
         let decimals = match quantity {
@@ -569,7 +546,7 @@ impl Session {
 
     /// `P/measure/cmd`: measures both values now and answers on `P/measure`
     /// with the command's id.
-    async fn measure_now(&mut self, driver: &mut Driver, payload: &[u8]) -> anyhow::Result<()> {
+    async fn measure_now(&mut self, driver: &mut Driver, payload: &[u8]) -> Result<(), Cause> {
         let pza_id = match parse_measure(payload) {
             Ok(pza_id) => pza_id,
             Err(rejection) => {
@@ -587,7 +564,7 @@ impl Session {
                     Ok((voltage, current))
                 })
             })
-            .await?;
+            .await;
         match measured {
             Ok((voltage, current)) => {
                 let measurement = Measurement {
@@ -606,7 +583,7 @@ impl Session {
     }
 
     /// `P/info`, retained.
-    async fn publish_info(&self) -> anyhow::Result<()> {
+    async fn publish_info(&self) -> Result<(), Cause> {
         let payload = self.settings.info.to_payload();
         self.publish(self.settings.topics.info(), true, payload)
             .await
@@ -614,16 +591,16 @@ impl Session {
 
     /// A setpoint found outside the security limits at start-up is set to the
     /// nearest limit, and the clamp is reported on `P/error`.
-    async fn clamp_setpoints(&mut self, driver: &mut Driver) -> anyhow::Result<()> {
+    async fn clamp_setpoints(&mut self, driver: &mut Driver) -> Result<(), Cause> {
         let limits = self.settings.limits;
         let found = self
             .call(driver, "start-up", None, |d| {
                 Box::pin(async move { Ok((d.voltage_setpoint().await?, d.current_limit().await?)) })
             })
-            .await?;
+            .await;
         let (voltage, current) = match found {
             Ok(values) => values,
-            Err(Failure::Answered) => anyhow::bail!("cannot read the setpoints at start-up"),
+            Err(Failure::Answered) => return Err(Cause::SetpointsUnread),
             Err(Failure::Fatal(e)) => return Err(e),
         };
         if let Some(clamped) = limits.clamp_voltage(voltage) {
@@ -631,7 +608,7 @@ impl Session {
                 .call(driver, "start-up", None, |d| {
                     Box::pin(async move { d.set_voltage_setpoint(clamped).await })
                 })
-                .await?;
+                .await;
             self.report_clamp("voltage", voltage.0, clamped.0, "V", outcome)
                 .await?;
         }
@@ -640,7 +617,7 @@ impl Session {
                 .call(driver, "start-up", None, |d| {
                     Box::pin(async move { d.set_current_limit(clamped).await })
                 })
-                .await?;
+                .await;
             self.report_clamp("current", current.0, clamped.0, "A", outcome)
                 .await?;
         }
@@ -649,21 +626,19 @@ impl Session {
 
     async fn report_clamp(
         &self,
-        quantity: &str,
+        quantity: &'static str,
         found: f64,
         clamped: f64,
         unit: &str,
         outcome: Result<(), Failure>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Cause> {
         match outcome {
             Ok(()) => {
                 let message = format!("{quantity} setpoint {found} {unit} found outside the security limits at start-up: clamped to {clamped} {unit}");
                 tracing::warn!(runner = %self.settings.name, "{message}");
                 self.publish_error(None, &message).await
             }
-            Err(Failure::Answered) => {
-                anyhow::bail!("cannot clamp the {quantity} setpoint into the security limits")
-            }
+            Err(Failure::Answered) => Err(Cause::ClampFailed { quantity }),
             Err(Failure::Fatal(e)) => Err(e),
         }
     }
@@ -673,7 +648,7 @@ impl Session {
         &mut self,
         driver: &mut Driver,
         pza_id: Option<&str>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Cause> {
         let read = self
             .call(driver, "state", pza_id, |d| {
                 Box::pin(async move {
@@ -684,7 +659,7 @@ impl Session {
                     ))
                 })
             })
-            .await?;
+            .await;
         let (enabled, voltage, current) = match read {
             Ok(values) => values,
             Err(Failure::Answered) => return Ok(()),
