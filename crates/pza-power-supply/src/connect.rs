@@ -1,4 +1,4 @@
-//! `CONNECT`: the flags by which `ctl` (and later `tui`, `mcp`) reach the
+//! `CONNECT`: the flags by which `ctl`, `tui` (and later `mcp`) reach the
 //! broker of a running server, resolved over its config file.
 //!
 //! Each flag beats the config file, which beats the defaults
@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Args;
 use pza_power_supply_client::{ClientOptions, TlsFiles};
 
-use crate::config::{self, BrokerConfig, ConfigPath};
+use crate::config::{self, BrokerConfig, ConfigPath, ServerConfig};
 use crate::drivers::DriverFactory;
 
 /// The environment variable holding the broker password, so that it need
@@ -71,6 +71,17 @@ pub fn resolve(
     factory: &DriverFactory,
     timeout: Duration,
 ) -> anyhow::Result<ClientOptions> {
+    Ok(resolve_with_config(args, env, factory, timeout)?.0)
+}
+
+/// As [`resolve`], and the config file read, if there is one (the `tui`
+/// takes its `power_toggle_key` from it).
+pub fn resolve_with_config(
+    args: &ConnectArgs,
+    env: &Environment,
+    factory: &DriverFactory,
+    timeout: Duration,
+) -> anyhow::Result<(ClientOptions, Option<ServerConfig>)> {
     let path = config::resolve_config_path(
         args.config.clone(),
         env.config_env.clone(),
@@ -83,10 +94,22 @@ pub fn resolve(
         }) if !path.exists() => None,
         // Without a home folder there is no default file to read either.
         Err(_) if args.config.is_none() => None,
-        Ok(path) => Some(config::load(&path, factory)?.broker),
+        Ok(path) => Some(config::load(&path, factory)?),
         Err(message) => anyhow::bail!(message),
     };
-    merge(args, env.password_env.as_deref(), file.as_ref(), timeout)
+    let options = merge(
+        args,
+        env.password_env.as_deref(),
+        file.as_ref().map(|f| &f.broker),
+        timeout,
+    )?;
+    Ok((options, file))
+}
+
+/// The options by which `run` reaches its own broker (for its terminal UI):
+/// the config's broker section alone, as if no flag were given.
+pub fn for_broker(broker: &BrokerConfig, timeout: Duration) -> anyhow::Result<ClientOptions> {
+    merge(&ConnectArgs::default(), None, Some(broker), timeout)
 }
 
 /// The options of a client of the server's own broker (the MCP server and

@@ -14,6 +14,7 @@
 //! - [`server`]: assembles the embedded broker and the runners, and shuts down.
 //! - [`simulator`]: simulated devices on pseudo-terminals (a KD3005P), to run
 //!   and test the whole stack without hardware.
+//! - [`tui`]: the terminal UI, a client of the runners like `ctl`.
 //! - [`mcp`]: the MCP server for AI assistants, inside `run` (HTTP) and as
 //!   `mcp --stdio`; its tools are the `pza-power-supply-mcp` crate.
 //! - [`cli`]: the command line; [`ctl`] its one-shot client commands, and
@@ -28,5 +29,6 @@ pub mod mcp;
 pub mod runners;
 pub mod server;
 pub mod simulator;
+pub mod tui;
 
 pub use pza_power_supply_protocol as protocol;

@@ -8,6 +8,8 @@ use clap::Parser;
 use pza_power_supply::cli::{self, Cli, Command};
 use pza_power_supply::drivers::DriverFactory;
 use pza_power_supply::{ctl, mcp};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 /// Logs without `RUST_LOG`: ours at info; rumqttd's are left out, as it logs
@@ -40,13 +42,16 @@ fn main() -> ExitCode {
             return code;
         }
     };
-    tracing_subscriber::fmt()
+    // Logs go to stderr, or to the terminal UI's log pane while it is shown.
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
+        .with(pza_power_supply::tui::log::layers(stderr))
         .init();
 
     let factory = DriverFactory::with_builtin_models();
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(cli::run(args, factory))),
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(cli::simulate(args))),
         Command::Ctl(args) => runtime().map(|rt| rt.block_on(ctl::run(args, &factory))),
+        Command::Tui(args) => runtime().and_then(|rt| rt.block_on(cli::tui(args, &factory))),
         Command::Mcp(args) => runtime().and_then(|rt| rt.block_on(mcp::stdio(args, &factory))),
     };
     match outcome {

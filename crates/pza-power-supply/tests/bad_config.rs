@@ -92,6 +92,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("TLS key is a certificate", &tls_config(&format!(r#"ca_file: "{ca}", client_cert_file: "{cert}", client_key_file: "{cert}""#)), Key("broker.tls.client_key_file"), "no PEM private key in the file"),
         case("TLS relative path", &tls_config(r#"ca_file: "certs/ca.pem""#), Key("broker.tls.ca_file"), &format!("cannot read {}: No such file or directory", dir.join("certs/ca.pem").display())),
         case("toggle key of two characters", r#"{ tui: { power_toggle_key: "pp" } }"#, Key("tui.power_toggle_key"), "must be exactly one character"),
+        case("toggle key taken by the UI", r#"{ tui: { power_toggle_key: "q" } }"#, Key("tui.power_toggle_key"), "\"q\" is taken by the terminal UI"),
         case("restart multiplier below 1", "{ restart: { multiplier: 0.5 } }", Key("restart.multiplier"), "must be a finite number >= 1, not 0.5"),
         case("restart delays inverted", "{ restart: { initial_delay_ms: 5000, max_delay_ms: 10 } }", Key("restart.initial_delay_ms"), "5000 is greater than max_delay_ms 10"),
         case("negative retries", "{ restart: { max_retries: -1 } }", Key("restart.max_retries"), "invalid value: integer `-1`, expected u32"),

@@ -464,7 +464,7 @@ async fn two_servers_claiming_one_runner_report_the_conflict_and_do_not_fight() 
     assert!(second
         .emulator
         .device("psu")
-        .map_or(true, |d| d.voltage_setpoint != 7.0));
+        .is_none_or(|d| d.voltage_setpoint != 7.0));
     // The status stays the first server's.
     let statuses = retained(port, "power-supply/psu/status").await;
     assert_eq!(statuses.len(), 1);

@@ -33,6 +33,8 @@ pub const DEFAULT_CONFIG: &str = r#"// pza-power-supply configuration (JSON5). E
     use_builtin: true,
     tcp: { addr: "127.0.0.1", port: 1883 },
   },
+  // The terminal UI, shown by `run` when stdout is a terminal (--no-tui hides it).
+  tui: { enable: true, power_toggle_key: "p" },
   runners: {
     emulator: {
       model: "emulator",
@@ -161,11 +163,30 @@ pub fn parse(
         }
     }
     check_broker(path, &file.broker)?;
-    if file.tui.power_toggle_key.chars().count() != 1 {
+    let toggle_key = &file.tui.power_toggle_key;
+    if toggle_key.chars().count() != 1 {
         return Err(invalid(
             path,
             "tui.power_toggle_key",
             "must be exactly one character",
+        ));
+    }
+    if let Some(taken) = toggle_key
+        .chars()
+        .find(|c| crate::tui::app::RESERVED_KEYS.contains(c) || c.is_control() || *c == ' ')
+    {
+        let reserved: Vec<String> = crate::tui::app::RESERVED_KEYS
+            .iter()
+            .map(char::to_string)
+            .collect();
+        return Err(invalid(
+            path,
+            "tui.power_toggle_key",
+            format!(
+                "\"{}\" is taken by the terminal UI (its keys are {}) or is not a printable key",
+                taken.escape_default(),
+                reserved.join(" ")
+            ),
         ));
     }
     check_mcp(path, &file.mcp)?;

@@ -151,12 +151,13 @@ fn default_mcp_port() -> u16 {
     50051
 }
 
-/// The terminal UI (not built yet: the keys are accepted and checked).
+/// The terminal UI of `run`, shown when enabled and stdout is a terminal.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TuiConfig {
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub enable: bool,
+    /// The key that switches the selected output on and off.
     #[serde(default = "default_toggle_key")]
     pub power_toggle_key: String,
 }
@@ -164,10 +165,14 @@ pub struct TuiConfig {
 impl Default for TuiConfig {
     fn default() -> Self {
         TuiConfig {
-            enable: false,
+            enable: true,
             power_toggle_key: default_toggle_key(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_toggle_key() -> String {

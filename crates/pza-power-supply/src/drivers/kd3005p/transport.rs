@@ -149,7 +149,7 @@ fn find_usb_port(vid: u16, pid: u16, serial_number: Option<&str>) -> Result<Stri
             SerialPortType::UsbPort(usb) => {
                 usb.vid == vid
                     && usb.pid == pid
-                    && serial_number.map_or(true, |s| usb.serial_number.as_deref() == Some(s))
+                    && serial_number.is_none_or(|s| usb.serial_number.as_deref() == Some(s))
             }
             _ => false,
         })

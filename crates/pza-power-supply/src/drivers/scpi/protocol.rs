@@ -318,7 +318,7 @@ pub fn parse_number(text: &str) -> Option<f64> {
     let mantissa_ok = digits.chars().any(|c| c.is_ascii_digit())
         && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
         && digits.matches('.').count() <= 1;
-    let exponent_ok = exponent.map_or(true, |e| {
+    let exponent_ok = exponent.is_none_or(|e| {
         let e = unsigned(e);
         !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
     });
