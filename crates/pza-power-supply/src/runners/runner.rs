@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{Cause, DriverPanic, RunnerError};
 use super::limits::SecurityLimits;
-use super::link::{Acknowledged, LinkEvent, MqttLink, Readiness};
 use crate::config::OnShutdown;
 use crate::drivers::{DriverError, PowerSupplyDriver};
 use crate::protocol::payload::{
@@ -46,6 +45,7 @@ use crate::protocol::payload::{
     Measurement,
 };
 use crate::protocol::{Amps, Attribute, InfoReport, Request, Topics, Volts};
+use pza_toolkit::mqtt::link::{Acknowledged, LinkEvent, MqttLink, Readiness};
 
 /// How long the runner waits for its last messages to be acknowledged and
 /// for its connection to close.
