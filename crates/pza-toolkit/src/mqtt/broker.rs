@@ -29,6 +29,23 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time left to the broker's connection tasks after the drain, at stop.
 const DRAIN_LINGER: Duration = Duration::from_millis(100);
 
+/// Packets the router hands a connection per round (rumqttd's
+/// `max_outgoing_packet_count`); the patched copy hands a new subscription
+/// every retained message past it all the same (vendor/rumqttd/PATCHES.md).
+const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
+
+/// Size of one segment of the router's commit log, and the number of
+/// segments it keeps per filter before dropping the oldest.
+const MAX_SEGMENT_SIZE: usize = 100 * 1024 * 1024;
+const MAX_SEGMENT_COUNT: usize = 10;
+
+/// Time a new TCP connection has to send its CONNECT packet, in ms.
+const CONNECTION_TIMEOUT_MS: u16 = 60_000;
+
+/// rumqttd's `max_inflight_count`: despite its name, the most packets a
+/// connection's network buffer takes in one read (`max_connection_buffer_len`).
+const MAX_INFLIGHT_COUNT: usize = 500;
+
 /// Most simultaneous client connections of the embedded broker.
 const MAX_CONNECTIONS: usize = 20_000;
 
@@ -75,9 +92,9 @@ impl EmbeddedBroker {
 
         let router_config = rumqttd::RouterConfig {
             max_connections: MAX_CONNECTIONS,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKET_COUNT,
+            max_segment_size: MAX_SEGMENT_SIZE,
+            max_segment_count: MAX_SEGMENT_COUNT,
             ..Default::default()
         };
         let router_tx = Router::new(0, router_config).spawn();
@@ -87,9 +104,9 @@ impl EmbeddedBroker {
             tls: None,
             next_connection_delay_ms: 0,
             connections: rumqttd::ConnectionSettings {
-                connection_timeout_ms: 60_000,
+                connection_timeout_ms: CONNECTION_TIMEOUT_MS,
                 max_payload_size: MAX_PAYLOAD_SIZE,
-                max_inflight_count: 500,
+                max_inflight_count: MAX_INFLIGHT_COUNT,
                 auth: credentials.map(|(user, pass)| HashMap::from([(user, pass)])),
                 external_auth: None,
                 dynamic_filters: true,
