@@ -132,10 +132,31 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 mod tests {
     use super::*;
 
+    /// A fresh temp folder, removed when dropped, also when a test panics.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "pza-{tag}-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&dir).expect("create a temp folder");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn tls_files_are_checked() {
-        let dir = std::env::temp_dir().join(format!("pza-tls-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = TempDir::new("tls");
+        let dir = &guard.0;
         let text = dir.join("text.pem");
         std::fs::write(&text, "not a certificate\n").unwrap();
         let files = |ca: &Path, cert: Option<&Path>, key: Option<&Path>| TlsFiles {
@@ -156,6 +177,5 @@ mod tests {
         );
         let err = ClientTls::load(&files(&text, Some(&text), None)).unwrap_err();
         assert!(matches!(err, TlsError::Pem { .. }), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
