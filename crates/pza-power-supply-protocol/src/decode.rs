@@ -12,7 +12,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::payload::{InfoReport, Status, StatusReport};
-use crate::topics::ROOT;
+use crate::topics::{namespace_prefix, ROOT};
 
 /// The server-to-client topics of one runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,13 +83,6 @@ pub fn parse_topic<'a>(namespace: Option<&str>, topic: &'a str) -> Option<(&'a s
     }
     let kind = Kind::ALL.into_iter().find(|k| k.suffix() == suffix)?;
     Some((runner, kind))
-}
-
-fn namespace_prefix(namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) if !ns.is_empty() => format!("{ns}/"),
-        _ => String::new(),
-    }
 }
 
 /// A decoded server-to-client message.

@@ -15,15 +15,10 @@
 
 use serde_json::{json, Value};
 
+use crate::topics::namespace_prefix;
+
 /// The level that holds the liveness records, after the namespace.
 pub const SERVERS_ROOT: &str = "pza-power-supply/servers";
-
-fn namespace_prefix(namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) if !ns.is_empty() => format!("{ns}/"),
-        _ => String::new(),
-    }
-}
 
 /// The liveness topic of `instance`.
 pub fn server_topic(namespace: Option<&str>, instance: &str) -> String {

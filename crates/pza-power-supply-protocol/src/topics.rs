@@ -111,7 +111,11 @@ impl Topics {
     }
 }
 
-fn namespace_prefix(namespace: Option<&str>) -> String {
+/// What goes before every topic of a server in `namespace`: `"<ns>/"`, or
+/// nothing when there is no namespace (or an empty one). The one place the
+/// namespace is joined to a topic, for the server, its clients and the
+/// ownership records alike.
+pub fn namespace_prefix(namespace: Option<&str>) -> String {
     match namespace {
         Some(ns) if !ns.is_empty() => format!("{ns}/"),
         _ => String::new(),

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{running_client, TestServer, WAIT};
-use pza_power_supply::runners::link::{flush_timeouts, LinkEvent, MqttLink};
+use pza_toolkit::mqtt::link::{flush_timeouts, LinkEvent, MqttLink};
 use pza_toolkit::mqtt::{client_options, BrokerEndpoint};
 
 /// Past the 16-bit packet-id space, so ids wrap around at least once.

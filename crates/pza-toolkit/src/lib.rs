@@ -6,7 +6,8 @@
 //! ## Layout
 //! - [`task_monitor`]: named tokio tasks turned into lifecycle events, the
 //!   moment each task ends.
-//! - [`mqtt`]: the embedded MQTT broker (rumqttd) and MQTT client options.
+//! - [`mqtt`]: the embedded MQTT broker (rumqttd), MQTT client options, TLS
+//!   to an external broker, and a reconnecting client connection (`link`).
 //! - [`config`]: JSON5 files read with file, key-path and line/column errors;
 //!   a key given twice in an object is refused (found by `json5_keys`).
 

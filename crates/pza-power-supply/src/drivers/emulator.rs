@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::factory::{parse_settings, DriverModel, DriverSettings, SettingsError};
+use super::model::{parse_settings, DriverModel, DriverSettings, SettingsError};
 use super::{Amps, DriverError, DriverManifest, PowerSupplyDriver, Range, Volts};
 
 /// Load on the output when `load_resistance_ohm` is not set.

@@ -5,7 +5,7 @@
 use std::any::Any;
 
 use crate::drivers::{DriverError, ErrorKind};
-use crate::runners::link::LinkClosed;
+use pza_toolkit::mqtt::LinkClosed;
 
 /// A runner task's error, with the runner's name.
 #[derive(Debug, thiserror::Error)]

@@ -8,12 +8,10 @@
 //!   restarts the ones that crash: a pure state machine per runner, the
 //!   multi-server ownership protocol, and the I/O shell that carries out
 //!   their decisions.
-//! - [`link`]: an MQTT connection with its own event-loop task.
 //! - [`refuser`]: answers the commands sent to a `Failed` runner.
 
 pub mod error;
 pub mod limits;
-pub mod link;
 pub mod refuser;
 pub mod restart;
 pub mod runner;

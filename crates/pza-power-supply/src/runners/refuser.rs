@@ -6,10 +6,10 @@
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::link::LinkEvent;
 use super::runner::SharedLink;
 use crate::protocol::payload::{command_id, error_reply};
 use crate::protocol::Topics;
+use pza_toolkit::mqtt::LinkEvent;
 
 /// What a command sent to a `Failed` runner is answered.
 pub const FAILED_REASON: &str =

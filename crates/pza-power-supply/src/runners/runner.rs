@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{Cause, DriverPanic, RunnerError};
 use super::limits::SecurityLimits;
-use super::link::{Acknowledged, LinkEvent, MqttLink, Readiness};
 use crate::config::OnShutdown;
 use crate::drivers::{DriverError, PowerSupplyDriver};
 use crate::protocol::payload::{
@@ -46,10 +45,16 @@ use crate::protocol::payload::{
     Measurement,
 };
 use crate::protocol::{Amps, Attribute, InfoReport, Request, Topics, Volts};
+use pza_toolkit::mqtt::link::{Acknowledged, LinkEvent, MqttLink, Readiness};
 
 /// How long the runner waits for its last messages to be acknowledged and
 /// for its connection to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Period of the measurement ticker when periodic measurements are off
+/// (`measure_period_ms: 0`): `interval` refuses a zero period, and the ticker
+/// is then never polled (its branch is disabled), so any long period will do.
+const IDLE_TICKER_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Everything a runner needs to know, resolved from the config.
 #[derive(Debug, Clone)]
@@ -256,7 +261,7 @@ impl Session {
         let mut ticker = tokio::time::interval(if measuring {
             self.settings.measure_period
         } else {
-            Duration::from_secs(3600)
+            IDLE_TICKER_PERIOD
         });
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The second step of a periodic measurement is due. Commands go

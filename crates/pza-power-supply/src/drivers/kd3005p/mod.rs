@@ -21,7 +21,7 @@ pub mod transport;
 use async_trait::async_trait;
 use tokio_serial::SerialStream;
 
-use super::factory::{DriverModel, DriverSettings, SettingsError};
+use super::model::{DriverModel, DriverSettings, SettingsError};
 use super::{Amps, DriverError, DriverManifest, ErrorKind, PowerSupplyDriver, Volts};
 use protocol::{Query, CURRENT_DECIMALS, CURRENT_RANGE, VOLTAGE_DECIMALS, VOLTAGE_RANGE};
 use settings::Kd3005pSettings;

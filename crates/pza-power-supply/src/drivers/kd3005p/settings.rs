@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::super::factory::{parse_settings, DriverSettings, SettingsError};
+use super::super::model::{parse_settings, DriverSettings, SettingsError};
 use super::transport::{PortSelector, Timing};
 
 /// The keys a `kd3005p` runner accepts besides the common ones.

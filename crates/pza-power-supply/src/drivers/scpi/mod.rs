@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::factory::{DriverModel, DriverSettings, InstrumentUse, SettingsError};
+use super::model::{DriverModel, DriverSettings, InstrumentUse, SettingsError};
 use super::{Amps, DriverError, DriverManifest, ErrorKind, PowerSupplyDriver, Volts};
 use profile::{ChannelSpec, Profile, PROFILES};
 use protocol::Setting;

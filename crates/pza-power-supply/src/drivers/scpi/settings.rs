@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::super::factory::{parse_settings, DriverSettings, SettingsError};
 use super::super::kd3005p::settings::RawSerialPort;
 use super::super::kd3005p::transport::PortSelector;
+use super::super::model::{parse_settings, DriverSettings, SettingsError};
 use super::profile::Profile;
 use super::transport::{Timing, DEFAULT_READ_TIMEOUT};
 

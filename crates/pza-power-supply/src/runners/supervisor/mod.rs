@@ -30,7 +30,6 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::link::MqttLink;
 use super::runner::RunnerSettings;
 use super::SecurityLimits;
 use crate::config::ServerConfig;
@@ -39,6 +38,7 @@ use crate::protocol::ownership::{server_topic, servers_filter, ServerRecord};
 use crate::protocol::topics::restart_command_filter;
 use crate::protocol::{InfoReport, Topics};
 use ownership::Claims;
+use pza_toolkit::mqtt::MqttLink;
 use shell::{Supervised, Supervisor};
 use slot::Slot;
 

@@ -34,11 +34,11 @@ use crate::drivers::{DriverFactory, DriverSettings, PowerSupplyDriver};
 use crate::protocol::ownership::{owner_runner, server_instance, OwnerRecord, ServerRecord};
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::restart_command_runner;
-use crate::runners::link::{LinkEvent, MqttLink, Publisher, Readiness};
 use crate::runners::refuser::Refuser;
 use crate::runners::runner::{
     open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink,
 };
+use pza_toolkit::mqtt::link::{LinkEvent, MqttLink, Publisher, Readiness};
 
 /// How long the supervisor waits for its last messages to be acknowledged
 /// and for a connection to close.

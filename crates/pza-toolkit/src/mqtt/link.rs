@@ -1,14 +1,15 @@
-//! One MQTT connection, with its event loop polled by a task of its own, so
-//! that a slow driver call never stalls keep-alives and acknowledgements.
+//! One reconnecting MQTT client connection, with its event loop polled by a
+//! task of its own, so that a slow owner (a device call in progress) never
+//! stalls keep-alives and acknowledgements.
 //!
 //! The pump task resubscribes after every (re)connection and then reports
 //! `LinkEvent::Connected`. Reconnection delays back off from
 //! `RECONNECT_FIRST` to `RECONNECT_MAX`, each shortened by a random fraction
-//! of up to a half, so that many runners do not reconnect in lockstep.
+//! of up to a half, so that many clients do not reconnect in lockstep.
 //!
 //! While the broker is out of reach, rumqttc keeps requests in its channel
 //! until it reconnects, and a full channel would block the publisher (a
-//! runner in the middle of a command, unable to see its stop token). So a
+//! task in the middle of its work, unable to see its stop token). So a
 //! publish made while disconnected never waits: at most `OFFLINE_QUEUE_MAX`
 //! of them are queued, to go out after the reconnection, and the rest are
 //! dropped. Nothing that matters is lost by that: the sessions are clean (the
@@ -118,7 +119,7 @@ impl Shared {
     }
 }
 
-/// An MQTT connection owned by one runner or by the supervisor.
+/// A reconnecting MQTT connection, with one owner that receives on it.
 pub struct MqttLink {
     client: AsyncClient,
     events: mpsc::Receiver<LinkEvent>,
@@ -254,7 +255,7 @@ impl Acknowledged {
     }
 }
 
-/// Aborts the task when dropped, so that a runner that panics does not leave
+/// Aborts the task when dropped, so that an owner that panics does not leave
 /// its connection behind.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -265,8 +266,8 @@ impl Drop for AbortOnDrop {
 }
 
 /// Whether a link is subscribed on its present connection, readable by
-/// someone who does not hold the link (the supervisor, while a runner has
-/// it).
+/// someone who does not hold the link (a supervisor, while the task it
+/// lent the link to has it).
 #[derive(Clone)]
 pub struct Readiness(Arc<Shared>);
 
@@ -390,8 +391,8 @@ impl MqttLink {
         self.shut(timeout).await;
     }
 
-    /// `close`, for a link that stays in place (a runner's, lent to it by
-    /// the supervisor): flushes, disconnects and stops the pump. The link
+    /// `close`, for a link that stays in place (one lent to a task by its
+    /// owner): flushes, disconnects and stops the pump. The link
     /// is of no use afterwards.
     pub async fn shut(&mut self, timeout: Duration) {
         self.flush(timeout).await;

@@ -1,5 +1,5 @@
-//! MQTT plumbing: the embedded broker (rumqttd) and client options,
-//! including TLS to an external broker.
+//! The embedded MQTT broker (rumqttd), started on a socket bound here and
+//! stopped once the messages it received are on their way.
 //!
 //! rumqttd's own `Broker::start` blocks a thread forever and only logs a bind
 //! failure, so it is driven here from its parts: the router runs on its own
@@ -11,19 +11,17 @@
 //! subscription every retained message, and serves a listener bound here.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::QoS;
 use rumqttd::protocol::v4::V4;
 use rumqttd::{LinkType, Router, Server};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::task::JoinHandle;
+
+use super::options::{client_options, BrokerEndpoint};
+use super::MAX_PAYLOAD_SIZE;
 
 /// Longest wait for the broker to route messages already received, at stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -31,9 +29,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time left to the broker's connection tasks after the drain, at stop.
 const DRAIN_LINGER: Duration = Duration::from_millis(100);
 
-/// Largest MQTT payload the embedded broker takes. Larger publishes close the
-/// sender's connection (rumqttd's rule); 2 MiB leaves room for hostile tests.
-pub const MAX_PAYLOAD_SIZE: usize = 2 * 1024 * 1024;
+/// Packets the router hands a connection per round (rumqttd's
+/// `max_outgoing_packet_count`); the patched copy hands a new subscription
+/// every retained message past it all the same (vendor/rumqttd/PATCHES.md).
+const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
+
+/// Size of one segment of the router's commit log, and the number of
+/// segments it keeps per filter before dropping the oldest.
+const MAX_SEGMENT_SIZE: usize = 100 * 1024 * 1024;
+const MAX_SEGMENT_COUNT: usize = 10;
+
+/// Time a new TCP connection has to send its CONNECT packet, in ms.
+const CONNECTION_TIMEOUT_MS: u16 = 60_000;
+
+/// rumqttd's `max_inflight_count`: despite its name, the most packets a
+/// connection's network buffer takes in one read (`max_connection_buffer_len`).
+const MAX_INFLIGHT_COUNT: usize = 500;
 
 /// Most simultaneous client connections of the embedded broker.
 const MAX_CONNECTIONS: usize = 20_000;
@@ -81,9 +92,9 @@ impl EmbeddedBroker {
 
         let router_config = rumqttd::RouterConfig {
             max_connections: MAX_CONNECTIONS,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKET_COUNT,
+            max_segment_size: MAX_SEGMENT_SIZE,
+            max_segment_count: MAX_SEGMENT_COUNT,
             ..Default::default()
         };
         let router_tx = Router::new(0, router_config).spawn();
@@ -93,9 +104,9 @@ impl EmbeddedBroker {
             tls: None,
             next_connection_delay_ms: 0,
             connections: rumqttd::ConnectionSettings {
-                connection_timeout_ms: 60_000,
+                connection_timeout_ms: CONNECTION_TIMEOUT_MS,
                 max_payload_size: MAX_PAYLOAD_SIZE,
-                max_inflight_count: 500,
+                max_inflight_count: MAX_INFLIGHT_COUNT,
                 auth: credentials.map(|(user, pass)| HashMap::from([(user, pass)])),
                 external_auth: None,
                 dynamic_filters: true,
@@ -195,187 +206,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(StdTcpListener::from(socket))
 }
 
-/// Where and how a client connects to a broker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BrokerEndpoint {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// TLS to the broker; `None` is plain TCP.
-    pub tls: Option<ClientTls>,
-}
-
-impl BrokerEndpoint {
-    /// Plain TCP to `host:port`, with no credentials.
-    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
-        BrokerEndpoint {
-            host: host.into(),
-            port,
-            username: None,
-            password: None,
-            tls: None,
-        }
-    }
-}
-
-/// The PEM files of a TLS connection to a broker: the CA certificates that
-/// the broker's certificate must chain to, and an optional client
-/// certificate with its private key (for brokers that require one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca_file: PathBuf,
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key_file: Option<PathBuf>,
-}
-
-/// Why a TLS client configuration cannot be made.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {what}", path.display())]
-    Pem { path: PathBuf, what: String },
-    #[error("a client certificate needs its private key, and a key its certificate")]
-    Unpaired,
-    #[error("{}: {source}", path.display())]
-    Rejected {
-        path: PathBuf,
-        source: rustls::Error,
-    },
-}
-
-/// A TLS client configuration (rustls with the `ring` provider), loaded once
-/// from [`TlsFiles`] and shared by every connection to the broker.
-#[derive(Clone)]
-pub struct ClientTls(Arc<rustls::ClientConfig>);
-
-impl ClientTls {
-    /// Reads and checks the files. The broker's certificate is then verified
-    /// against the CA, for the host name or IP address the client connects to.
-    pub fn load(files: &TlsFiles) -> Result<ClientTls, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certificates(&files.ca_file)? {
-            roots.add(cert).map_err(|source| TlsError::Rejected {
-                path: files.ca_file.clone(),
-                source,
-            })?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Rejected {
-                path: files.ca_file.clone(),
-                source,
-            })?
-            .with_root_certificates(roots);
-        let config = match (&files.client_cert_file, &files.client_key_file) {
-            (None, None) => builder.with_no_client_auth(),
-            (Some(cert_file), Some(key_file)) => {
-                let certs = read_certificates(cert_file)?;
-                let key = read_private_key(key_file)?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|source| TlsError::Rejected {
-                        path: key_file.clone(),
-                        source,
-                    })?
-            }
-            _ => return Err(TlsError::Unpaired),
-        };
-        Ok(ClientTls(Arc::new(config)))
-    }
-}
-
-impl fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientTls")
-    }
-}
-
-impl PartialEq for ClientTls {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Every certificate of a PEM file; at least one.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.to_path_buf(),
-            what: format!("not a PEM certificate file ({e})"),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: path.to_path_buf(),
-            what: "no PEM certificate in the file".into(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem_file(path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
-        path: path.to_path_buf(),
-        what: match e {
-            rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key in the file".into(),
-            other => format!("not a PEM private key file ({other})"),
-        },
-    })
-}
-
-/// Keep-alive interval of the clients made by [`client_options`].
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// Client options for `endpoint`, with a clean session and the given id.
-/// `will`, when given, is published by the broker if the client vanishes.
-pub fn client_options(
-    client_id: &str,
-    endpoint: &BrokerEndpoint,
-    will: Option<(String, Vec<u8>)>,
-) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
-    options.set_keep_alive(KEEP_ALIVE);
-    options.set_clean_session(true);
-    options.set_max_packet_size(MAX_PAYLOAD_SIZE + 1024, MAX_PAYLOAD_SIZE + 1024);
-    if let Some(user) = &endpoint.username {
-        options.set_credentials(user.clone(), endpoint.password.clone().unwrap_or_default());
-    }
-    if let Some((topic, payload)) = will {
-        options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
-    }
-    if let Some(tls) = &endpoint.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.0.clone())));
-    }
-    options
-}
-
-/// A free TCP port on 127.0.0.1, for tests and benchmarks: the OS picks it,
-/// and it is released before returning, so a race with another process is
-/// possible but unlikely.
-pub fn probe_free_port() -> std::io::Result<u16> {
-    let listener = StdTcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::probe_free_port;
     use rumqttc::{AsyncClient, Event, Packet};
 
     #[tokio::test]
@@ -496,33 +330,6 @@ mod tests {
         assert_ne!(broker.addr().port(), 0);
         tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
         broker.stop().await;
-    }
-
-    #[test]
-    fn tls_files_are_checked() {
-        let dir = std::env::temp_dir().join(format!("pza-tls-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let text = dir.join("text.pem");
-        std::fs::write(&text, "not a certificate\n").unwrap();
-        let files = |ca: &Path, cert: Option<&Path>, key: Option<&Path>| TlsFiles {
-            ca_file: ca.to_path_buf(),
-            client_cert_file: cert.map(Path::to_path_buf),
-            client_key_file: key.map(Path::to_path_buf),
-        };
-        let missing = dir.join("missing.pem");
-        let err = ClientTls::load(&files(&missing, None, None)).unwrap_err();
-        assert!(
-            matches!(err, TlsError::Read { ref path, .. } if *path == missing),
-            "{err}"
-        );
-        let err = ClientTls::load(&files(&text, None, None)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("{}: no PEM certificate in the file", text.display())
-        );
-        let err = ClientTls::load(&files(&text, Some(&text), None)).unwrap_err();
-        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
