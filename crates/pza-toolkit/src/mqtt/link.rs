@@ -476,7 +476,7 @@ async fn pump(
                 let delay = reconnect_delay(failures, rand::random::<f64>());
                 if failures == 1 && ever_connected {
                     tracing::warn!(%client_id, error = %e, "MQTT connection lost; reconnecting");
-                } else if failures == 1 || failures.is_multiple_of(WARN_EVERY_FAILURES) {
+                } else if failures == 1 || failures % WARN_EVERY_FAILURES == 0 {
                     tracing::warn!(%client_id, broker = %format!("{host}:{port}"), error = %e, attempts = failures, "cannot connect to the MQTT broker; retrying");
                 } else {
                     tracing::debug!(%client_id, error = %e, ?delay, "MQTT reconnection failed");
