@@ -2,6 +2,8 @@
 //! settings a model reads, and their errors. The models implement it and the
 //! factory collects them; neither imports the other.
 
+use std::time::Duration;
+
 use super::{DriverError, DriverManifest, PowerSupplyDriver};
 
 /// Model-specific settings of one runner: the keys of its config entry other
@@ -78,4 +80,26 @@ pub trait DriverModel: Send + Sync {
         runner: &str,
         settings: &DriverSettings,
     ) -> Result<Box<dyn PowerSupplyDriver>, DriverError>;
+}
+
+/// Longest accepted for a model's timing settings (pacing, settle, read
+/// timeout): beyond that the runner's `command_timeout_ms` fires first anyway.
+const MAX_TIMING_MS: u64 = 60_000;
+
+/// A timing setting in milliseconds: `default` when absent, else a value in
+/// `min..=MAX_TIMING_MS`, refused with a message naming `key` otherwise.
+pub(crate) fn millis(
+    key: &str,
+    value: Option<u64>,
+    default: Duration,
+    min: u64,
+) -> Result<Duration, SettingsError> {
+    match value {
+        None => Ok(default),
+        Some(ms) if (min..=MAX_TIMING_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(SettingsError {
+            key: key.into(),
+            message: format!("{ms} is not valid: must lie in {min}..={MAX_TIMING_MS}"),
+        }),
+    }
 }

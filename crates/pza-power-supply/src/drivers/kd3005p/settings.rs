@@ -7,19 +7,13 @@
 //! pacing_ms: 80, settle_ms: 50, read_timeout_ms: 500,   // optional
 //! ```
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
-use super::super::model::{parse_settings, DriverSettings, SettingsError};
+use super::super::model::{millis, parse_settings, DriverSettings, SettingsError};
 use super::transport::{PortSelector, Timing};
 
 /// The keys a `kd3005p` runner accepts besides the common ones.
 pub const KEYS: &[&str] = &["serial_port", "pacing_ms", "settle_ms", "read_timeout_ms"];
-
-/// Longest accepted for any of the timing settings: beyond that the
-/// runner's `command_timeout_ms` would fire first anyway.
-const MAX_TIMING_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,22 +132,6 @@ impl Kd3005pSettings {
     }
 }
 
-fn millis(
-    key: &str,
-    value: Option<u64>,
-    default: Duration,
-    min: u64,
-) -> Result<Duration, SettingsError> {
-    match value {
-        None => Ok(default),
-        Some(ms) if (min..=MAX_TIMING_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
-        Some(ms) => Err(error(
-            key,
-            &format!("{ms} is not valid: must lie in {min}..={MAX_TIMING_MS}"),
-        )),
-    }
-}
-
 fn error(key: &str, message: &str) -> SettingsError {
     SettingsError {
         key: key.into(),
@@ -163,6 +141,8 @@ fn error(key: &str, message: &str) -> SettingsError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use serde_json::json;
 

@@ -10,13 +10,12 @@
 //! ```
 
 use std::fmt;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::super::kd3005p::settings::RawSerialPort;
 use super::super::kd3005p::transport::PortSelector;
-use super::super::model::{parse_settings, DriverSettings, SettingsError};
+use super::super::model::{millis, parse_settings, DriverSettings, SettingsError};
 use super::profile::Profile;
 use super::transport::{Timing, DEFAULT_READ_TIMEOUT};
 
@@ -29,10 +28,6 @@ pub const KEYS: &[&str] = &[
     "pacing_ms",
     "read_timeout_ms",
 ];
-
-/// Longest accepted for the timing settings: beyond that the runner's
-/// `command_timeout_ms` would fire first anyway.
-const MAX_TIMING_MS: u64 = 60_000;
 
 /// Baud rates of the DP800's RS-232 port (DP800 Programming Guide,
 /// `:SYST:COMM:RS232:BAUD`).
@@ -211,22 +206,6 @@ impl ScpiSettings {
     }
 }
 
-fn millis(
-    key: &str,
-    value: Option<u64>,
-    default: Duration,
-    min: u64,
-) -> Result<Duration, SettingsError> {
-    match value {
-        None => Ok(default),
-        Some(ms) if (min..=MAX_TIMING_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
-        Some(ms) => Err(error(
-            key,
-            format!("{ms} is not valid: must lie in {min}..={MAX_TIMING_MS}"),
-        )),
-    }
-}
-
 fn error(key: &str, message: impl Into<String>) -> SettingsError {
     SettingsError {
         key: key.into(),
@@ -236,6 +215,8 @@ fn error(key: &str, message: impl Into<String>) -> SettingsError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::drivers::scpi::profile::{KEYSIGHT_E36312A, RIGOL_DP832, SIGLENT_SPD3303X};
     use serde_json::json;
