@@ -37,6 +37,15 @@ pub fn server_instance<'a>(namespace: Option<&str>, topic: &'a str) -> Option<&'
     (!instance.is_empty() && !instance.contains('/')).then_some(instance)
 }
 
+/// The filter of every runner's owner record under `namespace`.
+pub fn owners_filter(namespace: Option<&str>) -> String {
+    format!(
+        "{}{}/+/owner",
+        namespace_prefix(namespace),
+        super::topics::ROOT
+    )
+}
+
 /// The runner whose owner topic `topic` is, under `namespace`.
 pub fn owner_runner<'a>(namespace: Option<&str>, topic: &'a str) -> Option<&'a str> {
     let root = format!("{}{}/", namespace_prefix(namespace), super::topics::ROOT);

@@ -127,6 +127,25 @@ pub fn restart_command_filter(namespace: Option<&str>) -> String {
     format!("{}{ROOT}/+/restart/cmd", namespace_prefix(namespace))
 }
 
+/// The filter matching every command topic (`P/<leaf>/cmd`) of every
+/// runner under `namespace`: one filter for a whole server, whatever its
+/// number of runners.
+pub fn commands_filter(namespace: Option<&str>) -> String {
+    format!("{}{ROOT}/+/+/cmd", namespace_prefix(namespace))
+}
+
+/// The runner and the leaf (`voltage`, `restart`, …) of a command topic
+/// `P/<leaf>/cmd` under `namespace`.
+pub fn command_target<'a>(namespace: Option<&str>, topic: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = topic
+        .strip_prefix(namespace_prefix(namespace).as_str())?
+        .strip_prefix(ROOT)?
+        .strip_prefix('/')?
+        .strip_suffix("/cmd")?;
+    let (runner, leaf) = rest.split_once('/')?;
+    (!runner.is_empty() && !leaf.is_empty() && !leaf.contains('/')).then_some((runner, leaf))
+}
+
 /// The runner named by a restart command topic, under `namespace`.
 pub fn restart_command_runner<'a>(namespace: Option<&str>, topic: &'a str) -> Option<&'a str> {
     let root = format!("{}{ROOT}/", namespace_prefix(namespace));
@@ -137,6 +156,41 @@ pub fn restart_command_runner<'a>(namespace: Option<&str>, topic: &'a str) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_targets() {
+        assert_eq!(commands_filter(None), "power-supply/+/+/cmd");
+        assert_eq!(commands_filter(Some("lab")), "lab/power-supply/+/+/cmd");
+        let t = Topics::new(Some("lab"), "psu1");
+        for attribute in Attribute::ALL {
+            assert_eq!(
+                command_target(Some("lab"), &t.command(attribute)),
+                Some(("psu1", attribute.name()))
+            );
+        }
+        assert_eq!(
+            command_target(Some("lab"), &t.restart_command()),
+            Some(("psu1", "restart"))
+        );
+        assert_eq!(
+            command_target(Some("lab"), &t.measure_command()),
+            Some(("psu1", "measure"))
+        );
+        for other in [
+            "power-supply/psu1/voltage/cmd",
+            "lab/power-supply/psu1/voltage",
+            "lab/power-supply/psu1/cmd",
+            "lab/power-supply//voltage/cmd",
+            "lab/power-supply/psu1/a/b/cmd",
+            "lab/power-supplyX/psu1/voltage/cmd",
+        ] {
+            assert_eq!(command_target(Some("lab"), other), None, "{other}");
+        }
+        assert_eq!(
+            command_target(None, "power-supply/p/state/cmd"),
+            Some(("p", "state"))
+        );
+    }
 
     #[test]
     fn topics_without_namespace() {

@@ -1,6 +1,8 @@
 //! Runners and their supervision.
 //!
-//! - [`runner`]: one device on one MQTT connection.
+//! - [`runner`]: one device, served through its mailbox.
+//! - [`mailbox`]: the runners' share of the server's one MQTT connection:
+//!   commands sorted by runner into bounded mailboxes.
 //! - [`error`]: why a runner ended, typed, with the runner's name.
 //! - [`limits`]: the security limits guard, the one place limits are checked.
 //! - [`restart`]: the restart decisions of one runner, without I/O.
@@ -12,6 +14,7 @@
 
 pub mod error;
 pub mod limits;
+pub mod mailbox;
 pub mod refuser;
 pub mod restart;
 pub mod runner;

@@ -1,8 +1,9 @@
-//! One runner: one device on one MQTT connection.
+//! One runner: one device, served through its mailbox on the server's MQTT
+//! connection (see [`super::mailbox`]).
 //!
-//! The runner task initializes the driver, waits until its connection is
-//! subscribed and until the broker has the supervisor's `Initializing` for
-//! this start (so that what the runner publishes comes after it), reads the
+//! The runner task initializes the driver, waits until the connection is
+//! subscribed and until the supervisor's `Initializing` for this start is
+//! queued on it (so that what the runner publishes comes after it), reads the
 //! device state (clamping a setpoint found outside the
 //! security limits), publishes `P/info` and the state retained and reports
 //! `Running`. Then it serves commands one at a time, and measures every
@@ -19,25 +20,24 @@
 //!
 //! In both cases the commands received but not served yet are answered on
 //! `P/error` with `not applied: the runner is restarting`; commands that
-//! arrive after the crash wait in the connection (which the supervisor
-//! keeps) and are served by the restarted runner once it is `Running`.
+//! arrive after the crash wait in the mailbox (which the supervisor keeps)
+//! and are served by the restarted runner once it is `Running`.
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pza_toolkit::mqtt::{client_options, BrokerEndpoint};
 use pza_toolkit::task_monitor::TaskHandle;
 use rumqttc::Publish;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{Cause, DriverPanic, RunnerError};
 use super::limits::SecurityLimits;
+use super::mailbox::{RunnerLink, SharedMailbox};
 use crate::config::OnShutdown;
 use crate::drivers::{DriverError, PowerSupplyDriver};
 use crate::protocol::payload::{
@@ -45,11 +45,7 @@ use crate::protocol::payload::{
     Measurement,
 };
 use crate::protocol::{Amps, Attribute, InfoReport, Request, Topics, Volts};
-use pza_toolkit::mqtt::link::{Acknowledged, LinkEvent, MqttLink, Readiness};
-
-/// How long the runner waits for its last messages to be acknowledged and
-/// for its connection to close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+use pza_toolkit::mqtt::link::{LinkEvent, Publisher};
 
 /// Period of the measurement ticker when periodic measurements are off
 /// (`measure_period_ms: 0`): `interval` refuses a zero period, and the ticker
@@ -60,9 +56,6 @@ const IDLE_TICKER_PERIOD: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
     pub name: String,
-    /// MQTT client id, unique per server, runner and start.
-    pub client_id: String,
-    pub endpoint: BrokerEndpoint,
     pub topics: Topics,
     pub limits: SecurityLimits,
     /// Published retained on `P/info` before `Running`.
@@ -88,7 +81,7 @@ pub struct RunnerReport {
 }
 
 /// How a runner is stopped, and where it reports.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunnerControl {
     /// Stops this runner (a restart, or a shutdown).
     pub stop: CancellationToken,
@@ -97,29 +90,34 @@ pub struct RunnerControl {
     /// Where the runner says it reached `Running`.
     pub reports: mpsc::UnboundedSender<RunnerReport>,
     pub generation: u64,
-    /// The runner's MQTT connection, lent by the supervisor. It outlives a
-    /// runner that crashes (the next one takes it over, already connected and
-    /// subscribed, with the commands still waiting in it), and is closed by a
-    /// runner that ends cleanly.
-    pub link: SharedLink,
-    /// The supervisor's `Initializing` for this start, on its own
-    /// connection: the runner publishes nothing before the broker has it, so
-    /// that its `P/info` and state come after that status (`None`: no wait).
-    pub announced: Option<Acknowledged>,
+    /// The runner's mailbox, lent by the supervisor. It outlives a runner
+    /// that crashes: the next one takes it over, with the commands still
+    /// waiting in it.
+    pub mailbox: SharedMailbox,
+    /// Publishes on the server's connection.
+    pub publisher: Publisher,
+    /// The supervisor's `Initializing` for this start: the runner publishes
+    /// nothing before it is queued on the connection, so that its `P/info`
+    /// and state come after that status (`None`: no wait).
+    pub announced: Option<Announced>,
 }
 
-/// A runner's MQTT connection, kept by the supervisor across restarts.
-pub type SharedLink = Arc<tokio::sync::Mutex<MqttLink>>;
+/// A mark on the supervisor's messages: reached once that many of them are
+/// queued on the connection.
+#[derive(Debug, Clone)]
+pub struct Announced {
+    pub queued: watch::Receiver<u64>,
+    pub mark: u64,
+}
 
-/// Opens the connection of a runner, subscribed to its command topics, with
-/// a handle telling whether it is subscribed.
-pub fn open_link(settings: &RunnerSettings) -> (SharedLink, Readiness) {
-    let link = MqttLink::open(
-        client_options(&settings.client_id, &settings.endpoint, None),
-        vec![settings.topics.command_filter()],
-    );
-    let readiness = link.readiness();
-    (Arc::new(tokio::sync::Mutex::new(link)), readiness)
+impl Announced {
+    /// Waits until the mark is reached, for at most `timeout`; whether it was.
+    async fn wait(&self, timeout: Duration) -> bool {
+        let mut queued = self.queued.clone();
+        let mark = self.mark;
+        let reached = async move { queued.wait_for(|queued| *queued >= mark).await.is_ok() };
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(true))
+    }
 }
 
 /// A driver operation borrowed for one call.
@@ -185,9 +183,9 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 struct Session {
     settings: RunnerSettings,
-    /// Held for the runner's whole life; a panic releases it with the link
-    /// still inside, for the next runner.
-    link: tokio::sync::OwnedMutexGuard<MqttLink>,
+    /// Held for the runner's whole life; a panic releases the mailbox, with
+    /// the commands still inside, for the next runner.
+    link: RunnerLink,
 }
 
 /// The driver, held apart from the `Session` so that the session can be
@@ -199,7 +197,7 @@ async fn run(
     driver: Box<dyn PowerSupplyDriver>,
     control: RunnerControl,
 ) -> Result<(), Cause> {
-    let link = control.link.clone().lock_owned().await;
+    let link = RunnerLink::lend(control.mailbox.clone(), control.publisher.clone()).await;
     let mut driver = driver;
     let mut session = Session { settings, link };
 
@@ -221,9 +219,9 @@ async fn run(
             Ok(())
         }
         Err(e) => {
-            // The link stays up for the next runner; the error reply must be
-            // on the broker first.
-            session.link.flush(CLOSE_TIMEOUT).await;
+            // The mailbox goes back to the supervisor, for the next runner.
+            // The error replies are queued on the connection already, before
+            // anything the supervisor publishes about this crash.
             drop(session);
             if let Cause::Panic(panic) = &e {
                 if let Some(payload) = panic.take_payload() {
@@ -236,16 +234,8 @@ async fn run(
             return Err(e);
         }
     };
-    if control.stop.is_cancelled() && !control.shutdown.is_cancelled() {
-        // Stopped by the supervisor (a restart, or the runner claimed by
-        // another server): the supervisor decides what becomes of the link.
-        // Closing it here and opening a new one at once for the restarted
-        // runner would lose the commands sent meanwhile, and rumqttd 0.20 may
-        // apply the old connection's late disconnect to the new one.
-        session.link.flush(CLOSE_TIMEOUT).await;
-    } else {
-        session.link.shut(CLOSE_TIMEOUT).await;
-    }
+    // The supervisor decides what becomes of the mailbox, and closes the
+    // connection last at shutdown, after everything queued on it is sent.
     outcome
 }
 
@@ -315,24 +305,19 @@ impl Session {
                 })
             }
         }
-        while !self.link.is_ready() {
-            match self.link.recv().await {
-                Some(LinkEvent::Connected { .. }) => break,
-                Some(LinkEvent::Message(_)) => {}
-                None => return Err(Cause::ConnectionClosedBeforeReady),
-            }
+        if !self.link.wait_ready().await {
+            return Err(Cause::ConnectionClosedBeforeReady);
         }
         if let Some(announced) = &control.announced {
             if !announced.wait(timeout).await {
-                tracing::debug!(runner = %self.settings.name, "the supervisor's Initializing was not acknowledged in time");
+                tracing::debug!(runner = %self.settings.name, "the supervisor's Initializing was not queued in time");
             }
         }
         self.clamp_setpoints(driver).await?;
         self.publish_info().await?;
         self.publish_state(driver, None).await?;
-        // Make sure the retained state is on the broker before `Running` is
-        // announced (by the supervisor, on another connection).
-        self.link.flush(timeout).await;
+        // The retained state is queued on the connection before the
+        // supervisor's `Running`, which is queued after this report.
         let _ = control.reports.send(RunnerReport {
             runner: self.settings.name.clone(),
             generation: control.generation,
@@ -346,10 +331,7 @@ impl Session {
     /// stopped, so that each gets its one answer: an error saying it was
     /// not applied.
     async fn refuse_pending(&mut self, reason: &str) -> Result<(), Cause> {
-        while let Some(event) = self.link.try_recv() {
-            let LinkEvent::Message(publish) = event else {
-                continue;
-            };
+        while let Some(publish) = self.link.try_recv() {
             if !self.settings.topics.is_runner_command(&publish.topic) {
                 continue;
             }

@@ -16,6 +16,12 @@
 //! broker forgets subscriptions and queued messages anyway), and the owner of
 //! the link republishes its retained state when it sees
 //! `Connected { first: false }`.
+//!
+//! A link may be shared by several owners (the runners of a server on one
+//! connection): a [`Dispatch`] given to [`MqttLink::open_dispatched`] takes
+//! the messages meant for others before the link's owner sees them, in the
+//! pump task, and the others publish through a [`Publisher`] and learn of
+//! reconnections from [`Readiness::connections`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,7 +31,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
     SubscribeReasonCode,
 };
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Capacity of the client's request channel.
@@ -69,8 +75,15 @@ pub enum LinkEvent {
     Message(Publish),
 }
 
+/// Takes some of a link's incoming messages, in the pump task, before the
+/// link's owner sees them. It must not wait: every message of the link
+/// passes through it.
+pub trait Dispatch: Send + Sync + 'static {
+    /// `Ok` when the message was taken; `Err` gives it back to the owner.
+    fn dispatch(&self, publish: Publish) -> Result<(), Publish>;
+}
+
 /// State shared by the link and its pump.
-#[derive(Default)]
 struct Shared {
     /// QoS 1 publishes queued, and those acknowledged or given up for lost.
     /// `acked <= sent` always. A publish is counted in `sent` before it is
@@ -88,6 +101,22 @@ struct Shared {
     offline_queued: AtomicUsize,
     /// Connected and subscribed: `Connected` was reported for this connection.
     ready: AtomicBool,
+    /// How many times the link was connected and subscribed.
+    connections: watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            changed: Notify::new(),
+            connected: AtomicBool::new(false),
+            offline_queued: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+            connections: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Shared {
@@ -276,6 +305,12 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.0.ready.load(Ordering::SeqCst)
     }
+
+    /// How many times the link has been connected and subscribed; it moves
+    /// at every (re)connection, just before the owner's `Connected`.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.0.connections.subscribe()
+    }
 }
 
 impl MqttLink {
@@ -287,6 +322,15 @@ impl MqttLink {
     /// Starts connecting with `options`; `subscriptions` are (re)made at QoS 1
     /// after every connection.
     pub fn open(options: MqttOptions, subscriptions: Vec<String>) -> MqttLink {
+        Self::open_dispatched(options, subscriptions, None)
+    }
+
+    /// `open`, with `dispatch` taking the messages meant for others.
+    pub fn open_dispatched(
+        options: MqttOptions,
+        subscriptions: Vec<String>,
+        dispatch: Option<Arc<dyn Dispatch>>,
+    ) -> MqttLink {
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
@@ -297,7 +341,10 @@ impl MqttLink {
             eventloop,
             client.clone(),
             subscriptions,
-            events_tx,
+            Pipes {
+                events: events_tx,
+                dispatch,
+            },
             shared.clone(),
         ));
         MqttLink {
@@ -410,6 +457,7 @@ impl MqttLink {
 /// false once nobody listens any more.
 async fn report_ready(shared: &Shared, events: &mpsc::Sender<LinkEvent>, connections: u64) -> bool {
     shared.ready.store(true, Ordering::SeqCst);
+    shared.connections.send_replace(connections);
     events
         .send(LinkEvent::Connected {
             first: connections == 1,
@@ -418,13 +466,22 @@ async fn report_ready(shared: &Shared, events: &mpsc::Sender<LinkEvent>, connect
         .is_ok()
 }
 
+/// Where the pump hands what it receives.
+struct Pipes {
+    /// To the link's owner.
+    events: mpsc::Sender<LinkEvent>,
+    /// Takes the messages meant for others first.
+    dispatch: Option<Arc<dyn Dispatch>>,
+}
+
 async fn pump(
     mut eventloop: EventLoop,
     client: AsyncClient,
     subscriptions: Vec<String>,
-    events: mpsc::Sender<LinkEvent>,
+    pipes: Pipes,
     shared: Arc<Shared>,
 ) {
+    let Pipes { events, dispatch } = pipes;
     let client_id = eventloop.mqtt_options.client_id();
     let (host, port) = eventloop.mqtt_options.broker_address();
     let mut connections = 0u64;
@@ -463,6 +520,13 @@ async fn pump(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let publish = match &dispatch {
+                    Some(dispatch) => match dispatch.dispatch(publish) {
+                        Ok(()) => continue,
+                        Err(publish) => publish,
+                    },
+                    None => publish,
+                };
                 if events.send(LinkEvent::Message(publish)).await.is_err() {
                     return;
                 }

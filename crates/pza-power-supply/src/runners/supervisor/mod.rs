@@ -11,9 +11,11 @@
 //!   runners' reports, the MQTT messages, the earliest restart deadline and
 //!   the shutdown, and carries the actions out.
 //!
-//! A broker outage is not a crash: the runners keep running, their links
-//! reconnect on their own, and after the supervisor reconnects it publishes
-//! its liveness record, every status and every claim again.
+//! The supervisor and every runner share one MQTT connection (see
+//! [`super::mailbox`]). A broker outage is not a crash: the runners keep
+//! running, the connection comes back on its own, and then the supervisor
+//! publishes its liveness record, every status and every claim again, and
+//! each runner its retained state.
 
 mod ownership;
 mod shell;
@@ -30,15 +32,22 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::mailbox::Mailboxes;
 use super::runner::RunnerSettings;
 use super::SecurityLimits;
 use crate::config::ServerConfig;
 use crate::drivers::DriverFactory;
-use crate::protocol::ownership::{server_topic, servers_filter, ServerRecord};
-use crate::protocol::topics::restart_command_filter;
+use crate::protocol::ownership::{owners_filter, server_topic, servers_filter, ServerRecord};
+use crate::protocol::topics::commands_filter;
 use crate::protocol::{InfoReport, Topics};
 use ownership::Claims;
+use pza_toolkit::mqtt::link::Dispatch;
 use pza_toolkit::mqtt::MqttLink;
+
+/// Most QoS 1 publishes of the server's connection waiting for their
+/// acknowledgement (rumqttc's default is 100): every runner of the server
+/// publishes on it, and a start of 1000 runners queues about 8000 messages.
+const SERVER_INFLIGHT: u16 = 1000;
 use shell::{Supervised, Supervisor};
 use slot::Slot;
 
@@ -128,8 +137,6 @@ impl RunnersService {
                 };
                 let settings = RunnerSettings {
                     name: name.clone(),
-                    client_id: String::new(),
-                    endpoint: endpoint.clone(),
                     topics: Topics::new(namespace.as_deref(), name),
                     limits,
                     info,
@@ -163,23 +170,26 @@ impl RunnersService {
             pid: std::process::id(),
         };
         let liveness_topic = server_topic(namespace.as_deref(), &instance);
-        let mut subscriptions = vec![
-            restart_command_filter(namespace.as_deref()),
+        // Three filters whatever the number of runners: the broker matches
+        // every new topic against every filter.
+        let subscriptions = vec![
+            commands_filter(namespace.as_deref()),
+            owners_filter(namespace.as_deref()),
             servers_filter(namespace.as_deref()),
         ];
-        subscriptions.extend(runners.values().map(|s| s.settings.topics.owner()));
         // The last will deletes the liveness record if this server vanishes.
-        let link = MqttLink::open(
-            client_options(
-                &format!("{instance}-supervisor"),
-                &endpoint,
-                Some((liveness_topic.clone(), Vec::new())),
-            ),
-            subscriptions,
+        let mut options = client_options(
+            &instance,
+            &endpoint,
+            Some((liveness_topic.clone(), Vec::new())),
         );
+        options.set_inflight(SERVER_INFLIGHT);
+        let mailboxes = Mailboxes::new(namespace.clone());
+        let dispatch: Arc<dyn Dispatch> = mailboxes.clone();
+        let link = MqttLink::open_dispatched(options, subscriptions, Some(dispatch));
+        mailboxes.attach(link.publisher());
 
         let supervisor = Supervisor::new(shell::Parts {
-            instance,
             claims: Claims::new(me, runners.keys()),
             liveness_topic,
             namespace,
@@ -189,6 +199,7 @@ impl RunnersService {
             handles,
             monitor_events,
             link,
+            mailboxes,
             shutdown: shutdown.clone(),
             shutdown_timeout: Duration::from_millis(server_config.shutdown_timeout_ms),
         });

@@ -11,19 +11,18 @@
 //! it until that task has caught up. So the supervisor's messages leave in
 //! the order they were made (each runner's statuses in order, `Stopped`
 //! last: the shutdown waits for the publisher task to drain before it
-//! closes the connection). A runner started is given a mark on those
-//! messages, and publishes nothing before the broker has acknowledged them,
-//! so that its `Restarting` and `Initializing` are on the broker before its
-//! `P/info` (MQTT orders per topic only; this keeps one subscription to
-//! `P/#` on the embedded broker in order).
+//! closes the connection). The runners publish on the same connection; a
+//! runner started is given a mark on the supervisor's messages, and
+//! publishes nothing before they are queued on the connection, so that its
+//! `Restarting` and `Initializing` go out before its `P/info`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pza_toolkit::task_monitor::{Event, TaskHandleSender, TaskMonitor};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,11 +33,10 @@ use crate::drivers::{DriverFactory, DriverSettings, PowerSupplyDriver};
 use crate::protocol::ownership::{owner_runner, server_instance, OwnerRecord, ServerRecord};
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::restart_command_runner;
+use crate::runners::mailbox::{Mailboxes, SharedMailbox};
 use crate::runners::refuser::Refuser;
-use crate::runners::runner::{
-    open_link, Runner, RunnerControl, RunnerReport, RunnerSettings, SharedLink,
-};
-use pza_toolkit::mqtt::link::{LinkEvent, MqttLink, Publisher, Readiness};
+use crate::runners::runner::{Announced, Runner, RunnerControl, RunnerReport, RunnerSettings};
+use pza_toolkit::mqtt::link::{LinkEvent, MqttLink, Publisher};
 
 /// How long the supervisor waits for its last messages to be acknowledged
 /// and for a connection to close.
@@ -55,12 +53,10 @@ pub struct Supervised {
     first_driver: Option<Box<dyn PowerSupplyDriver>>,
     /// Stops the live runner task; `Some` while it is alive.
     stop: Option<CancellationToken>,
-    /// The runner's MQTT connection, kept across crashes and restarts;
-    /// `None` until the first start and after a clean end.
-    link: Option<SharedLink>,
-    /// Whether that connection is subscribed now.
-    link_ready: Option<Readiness>,
-    /// While `Failed`: answers the commands that reach the connection.
+    /// The runner's mailbox, kept across crashes and restarts; `None` until
+    /// the first start and after a clean end.
+    mailbox: Option<SharedMailbox>,
+    /// While `Failed`: answers the commands that reach the mailbox.
     refuser: Option<Refuser>,
 }
 
@@ -79,8 +75,7 @@ impl Supervised {
             driver_settings,
             first_driver: Some(driver),
             stop: None,
-            link: None,
-            link_ready: None,
+            mailbox: None,
             refuser: None,
         }
     }
@@ -88,7 +83,6 @@ impl Supervised {
 
 /// What the supervisor is built from.
 pub struct Parts {
-    pub instance: String,
     pub claims: Claims,
     pub liveness_topic: String,
     pub namespace: Option<String>,
@@ -97,7 +91,9 @@ pub struct Parts {
     pub monitor: Arc<Mutex<Option<TaskMonitor>>>,
     pub handles: TaskHandleSender,
     pub monitor_events: mpsc::Receiver<Event>,
+    /// The server's connection, whose commands `mailboxes` sort out.
     pub link: MqttLink,
+    pub mailboxes: Arc<Mailboxes>,
     pub shutdown: CancellationToken,
     pub shutdown_timeout: Duration,
 }
@@ -110,7 +106,6 @@ struct Outgoing {
 }
 
 pub struct Supervisor {
-    instance: String,
     claims: Claims,
     liveness_topic: String,
     namespace: Option<String>,
@@ -122,8 +117,13 @@ pub struct Supervisor {
     reports_tx: mpsc::UnboundedSender<RunnerReport>,
     reports: mpsc::UnboundedReceiver<RunnerReport>,
     link: MqttLink,
+    mailboxes: Arc<Mailboxes>,
     /// Publishes on `link` without waiting, when it can.
     publisher: Publisher,
+    /// Messages made by `send` so far.
+    made: AtomicU64,
+    /// Of those, how many are queued on the connection.
+    queued: watch::Sender<u64>,
     /// To the publisher task. Unbounded, so that the loop never waits: what
     /// it holds is bounded by the events, a few statuses each.
     outbox: mpsc::UnboundedSender<Outgoing>,
@@ -139,11 +139,15 @@ impl Supervisor {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicUsize::new(0));
+        let queued = watch::Sender::new(0);
         let publisher = parts.link.publisher();
-        let publisher_task =
-            tokio::spawn(publish_all(publisher.clone(), outgoing, backlog.clone()));
+        let publisher_task = tokio::spawn(publish_all(
+            publisher.clone(),
+            outgoing,
+            backlog.clone(),
+            queued.clone(),
+        ));
         Supervisor {
-            instance: parts.instance,
             claims: parts.claims,
             liveness_topic: parts.liveness_topic,
             namespace: parts.namespace,
@@ -155,7 +159,10 @@ impl Supervisor {
             reports_tx,
             reports,
             link: parts.link,
+            mailboxes: parts.mailboxes,
             publisher,
+            made: AtomicU64::new(0),
+            queued,
             outbox,
             backlog,
             publisher_task,
@@ -193,9 +200,11 @@ impl Supervisor {
     /// earlier message waits, else through the publisher task (see the
     /// module doc).
     fn send(&self, topic: String, retain: bool, payload: Vec<u8>) {
+        self.made.fetch_add(1, Ordering::SeqCst);
         if self.backlog.load(Ordering::SeqCst) == 0
             && self.publisher.try_publish(&topic, retain, &payload)
         {
+            self.queued.send_modify(|queued| *queued += 1);
             return;
         }
         self.backlog.fetch_add(1, Ordering::SeqCst);
@@ -245,23 +254,24 @@ impl Supervisor {
                 }
             }
             Action::Refuse => {
-                if let (None, Some(link)) = (&runner.refuser, &runner.link) {
-                    runner.refuser =
-                        Some(Refuser::start(link.clone(), runner.settings.topics.clone()));
+                if let (None, Some(mailbox)) = (&runner.refuser, &runner.mailbox) {
+                    runner.refuser = Some(Refuser::start(
+                        mailbox.clone(),
+                        self.publisher.clone(),
+                        runner.settings.topics.clone(),
+                    ));
                 }
             }
             Action::StopRefusing => {
                 if let Some(refuser) = runner.refuser.take() {
-                    // Whoever takes the connection next waits for its lock,
+                    // Whoever takes the mailbox next waits for its lock,
                     // which the stand-in gives back as it ends.
                     tokio::spawn(refuser.stop());
                 }
             }
-            Action::CloseLink => {
-                runner.link_ready = None;
-                if let Some(link) = runner.link.take() {
-                    // Off the loop: closing waits for acknowledgements.
-                    tokio::spawn(async move { link.lock().await.shut(CLOSE_TIMEOUT).await });
+            Action::CloseMailbox => {
+                if runner.mailbox.take().is_some() {
+                    self.mailboxes.close(name);
                 }
             }
             Action::Launch { .. } => {}
@@ -300,17 +310,15 @@ impl Supervisor {
         };
         let (generation, actions) = runner.slot.launched(restart);
         let stop = self.shutdown.child_token();
-        let mut settings = runner.settings.clone();
-        settings.client_id = format!("{}-{name}-{generation}", self.instance);
-        // A runner's connection is lent to the next one: no new connection,
-        // subscription and broker work per restart.
-        let link = match &runner.link {
-            Some(link) => link.clone(),
+        let settings = runner.settings.clone();
+        // A runner's mailbox is lent to the next start: the commands sent
+        // during a restart wait in it.
+        let mailbox = match &runner.mailbox {
+            Some(mailbox) => mailbox.clone(),
             None => {
-                let (link, readiness) = open_link(&settings);
-                runner.link = Some(link.clone());
-                runner.link_ready = Some(readiness);
-                link
+                let mailbox = self.mailboxes.open(name, self.link.readiness());
+                runner.mailbox = Some(mailbox.clone());
+                mailbox
             }
         };
         let control = RunnerControl {
@@ -318,18 +326,21 @@ impl Supervisor {
             shutdown: self.shutdown.clone(),
             reports: self.reports_tx.clone(),
             generation,
-            link,
+            mailbox,
+            publisher: self.publisher.clone(),
             announced: None,
         };
         runner.stop = Some(stop);
         for action in actions {
             self.apply_now(name, action);
         }
-        // Whatever is still with the publisher task is published before the
-        // mark is reached.
-        let pending = self.backlog.load(Ordering::SeqCst) as u64;
+        // Reached once every message made so far, this start's
+        // `Initializing` included, is queued on the connection.
         let control = RunnerControl {
-            announced: Some(self.publisher.mark(pending)),
+            announced: Some(Announced {
+                queued: self.queued.subscribe(),
+                mark: self.made.load(Ordering::SeqCst),
+            }),
             ..control
         };
         let handle = Runner::start(settings, driver, control);
@@ -424,13 +435,14 @@ impl Supervisor {
                 self.announce();
                 if !first {
                     // The broker may have lost its retained messages: say
-                    // again where every runner stands.
+                    // again where every runner stands. The runners share the
+                    // connection, subscribed again by now.
+                    let ready = self.link.is_ready();
                     let names: Vec<String> = self.runners.keys().cloned().collect();
                     for name in names {
                         let Some(runner) = self.runners.get_mut(&name) else {
                             continue;
                         };
-                        let ready = runner.link_ready.as_ref().is_some_and(Readiness::is_ready);
                         let actions = runner.slot.on_reconnected(ready);
                         self.apply(&name, actions).await;
                     }
@@ -603,13 +615,10 @@ impl Supervisor {
             self.send(topic, true, Vec::new());
         }
         self.send(self.liveness_topic.clone(), true, Vec::new());
-        // Connections left by runners that crashed and were not restarted.
+        // The stand-ins of runners that failed.
         for runner in self.runners.values_mut() {
             if let Some(refuser) = runner.refuser.take() {
                 refuser.stop().await;
-            }
-            if let Some(link) = runner.link.take() {
-                link.lock().await.shut(CLOSE_TIMEOUT).await;
             }
         }
         let Supervisor {
@@ -637,6 +646,7 @@ async fn publish_all(
     publisher: Publisher,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     backlog: Arc<AtomicUsize>,
+    queued: watch::Sender<u64>,
 ) {
     while let Some(message) = outgoing.recv().await {
         let topic = message.topic.clone();
@@ -646,6 +656,7 @@ async fn publish_all(
         {
             tracing::error!(%topic, error = %e, "cannot publish");
         }
+        queued.send_modify(|queued| *queued += 1);
         // Only now may a later message skip this task: this one is in the
         // client's channel before it.
         backlog.fetch_sub(1, Ordering::SeqCst);

@@ -38,13 +38,14 @@ pub enum Action {
     Launch { restart: bool },
     /// Cancel the live task's stop token.
     Stop,
-    /// Answer the commands reaching the runner's connection (it failed).
+    /// Answer the commands reaching the runner's mailbox (it failed).
     Refuse,
-    /// Stop answering them: the connection goes to a runner or to another
-    /// server.
+    /// Stop answering them: the mailbox goes to a runner, or the runner to
+    /// another server.
     StopRefusing,
-    /// Close the runner's connection: it ended for good.
-    CloseLink,
+    /// Close the runner's mailbox: it ended for good (or another server
+    /// serves it), so its commands are no longer taken here.
+    CloseMailbox,
 }
 
 /// How a runner task ended.
@@ -153,10 +154,9 @@ impl Slot {
         };
         let mut actions = Vec::new();
         if ending == Ending::Clean && !restart {
-            // A runner that ends for good gives up its connection; one
-            // stopped by the supervisor left it open, in case it was for a
-            // restart.
-            actions.push(Action::CloseLink);
+            // A runner that ends for good gives up its mailbox; one stopped
+            // by the supervisor left it open, in case it was for a restart.
+            actions.push(Action::CloseMailbox);
         }
         self.state = State::Stopped;
         if !serving {
@@ -283,7 +283,7 @@ impl Slot {
 
     /// After the supervisor reconnected: the last status, to say again.
     /// `Running` means the runner takes commands, so it is said again here
-    /// only when the runner's own connection is subscribed (`link_ready`);
+    /// only when the connection is subscribed (`link_ready`);
     /// otherwise the runner says it once it is (see [`Slot::on_running`]).
     pub fn on_reconnected(&mut self, link_ready: bool) -> Vec<Action> {
         match self.last_status.clone() {
@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(
             actions.first(),
             Some(&Action::StopRefusing),
-            "the connection goes back to a runner"
+            "the mailbox goes back to a runner"
         );
         assert!(slot.is_live());
     }
@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(actions.first(), Some(&Action::Stop));
         assert_eq!(statuses(&actions), vec![Status::Restarting]);
         assert!(!actions.contains(&Action::Launch { restart: true }));
-        // The stopped runner ends cleanly; its connection stays open for
+        // The stopped runner ends cleanly; its mailbox stays open for
         // the next one.
         let actions = slot.on_ended(Ending::Clean, true, Instant::now(), NO_JITTER);
         assert_eq!(actions, vec![Action::Launch { restart: true }]);
@@ -519,7 +519,7 @@ mod tests {
     async fn a_clean_end_closes_the_link_and_says_stopped() {
         let mut slot = running_slot();
         let actions = slot.on_ended(Ending::Clean, true, Instant::now(), NO_JITTER);
-        assert_eq!(actions.first(), Some(&Action::CloseLink));
+        assert_eq!(actions.first(), Some(&Action::CloseMailbox));
         assert_eq!(statuses(&actions), vec![Status::Stopped]);
         assert_eq!(slot.state(), State::Stopped);
     }
