@@ -54,6 +54,14 @@ const WARMUP: Counts = Counts {
 const WARMUP_CRASHES: Counts = Counts { full: 50, smoke: 2 };
 const BLOCK_BUDGET: Budget = Budget::secs(4, 1);
 
+/// A pause before each block, counted in none: the server finishes what the
+/// previous block left it (the publishes that follow a `Running`, the last
+/// acknowledgements) before the next block's CPU reading starts.
+const BETWEEN_BLOCKS: Duration = Duration::from_millis(20);
+
+/// How long the server's idle CPU is measured, once, before the blocks.
+const IDLE: Duration = Duration::from_millis(500);
+
 /// Targets of figure 5 (issue 16): the healthy runner's p99 during the
 /// crash loop under this multiple of its quiet p99, and the server's CPU per
 /// crash under this multiple of its CPU per sequential command.
@@ -90,7 +98,7 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
     let per_command = m.quiet_cpu.per(m.quiet.count);
     let per_crash = m.alone_cpu.per(m.alone_crashes);
     let cpu_ratio = per_crash.all.as_secs_f64() / per_command.all.as_secs_f64().max(1e-12);
-    let ended = m.quiet_cpu.ended + m.loaded_cpu.ended + m.alone_cpu.ended;
+    let ended = m.idle_cpu.ended + m.quiet_cpu.ended + m.loaded_cpu.ended + m.alone_cpu.ended;
     let ended = if ended == 0 {
         String::new()
     } else {
@@ -104,9 +112,10 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
                 m.quiet.count
             ),
             format!(
-                "{}; server {:.2} cores",
+                "{}; server {:.2} cores (idle {:.3})",
                 m.quiet.text(),
-                m.quiet_cpu.cores()
+                m.quiet_cpu.cores(),
+                m.idle_cpu.cores()
             ),
         ),
         Row::new(
@@ -162,6 +171,7 @@ struct Measured {
     loaded: Summary,
     loaded_crashes: usize,
     alone_crashes: usize,
+    idle_cpu: Cpu,
     quiet_cpu: Cpu,
     loaded_cpu: Cpu,
     alone_cpu: Cpu,
@@ -263,6 +273,15 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
         .run(WARMUP_CRASHES.get(smoke), Instant::now() + budget, || false)
         .await?;
 
+    tokio::time::sleep(BETWEEN_BLOCKS).await;
+    let mut idle_cpu = Cpu::default();
+    idle_cpu
+        .add(pid, async {
+            tokio::time::sleep(IDLE).await;
+            Ok(())
+        })
+        .await?;
+
     let mut quiet = Vec::new();
     let mut loaded = Vec::new();
     let (mut loaded_crashes, mut alone_crashes) = (0, 0);
@@ -272,6 +291,7 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
     let per_block = BLOCK_SAMPLES.get(smoke);
     for round in 0..ROUNDS.get(smoke) {
         for k in 0..BLOCK_ORDER.len() {
+            tokio::time::sleep(BETWEEN_BLOCKS).await;
             match BLOCK_ORDER[(round + k) % BLOCK_ORDER.len()] {
                 Block::Quiet => {
                     let samples = quiet_cpu
@@ -311,6 +331,7 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
         loaded: Summary::of(&loaded).context("no loaded sample")?,
         loaded_crashes,
         alone_crashes,
+        idle_cpu,
         quiet_cpu,
         loaded_cpu,
         alone_cpu,
