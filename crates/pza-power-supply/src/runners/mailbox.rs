@@ -71,6 +71,7 @@ impl Mailboxes {
             connections: readiness.connections(),
             readiness,
             commands: rx,
+            retained: std::sync::Mutex::new(Retained::default()),
         }))
     }
 
@@ -134,6 +135,17 @@ pub struct Mailbox {
     readiness: Readiness,
     /// Moves at every (re)connection of the server's connection.
     connections: watch::Receiver<u64>,
+    /// The retained values published through this mailbox's runner.
+    retained: std::sync::Mutex<Retained>,
+}
+
+/// The values a runner published retained on the present connection, by
+/// topic (as formatted in the payload, e.g. `"5.00"` or `"ON"`): what the
+/// broker holds for it, unless the connection changed since.
+#[derive(Default)]
+struct Retained {
+    connection: u64,
+    values: HashMap<String, String>,
 }
 
 /// A mailbox kept by the supervisor and lent to one task at a time.
@@ -158,6 +170,30 @@ impl Mailbox {
     /// The next command already received, without waiting.
     pub fn try_recv(&mut self) -> Option<Publish> {
         self.commands.try_recv().ok()
+    }
+
+    /// Notes that `value` is the last one published retained on `topic`.
+    fn note_value(&self, topic: &str, value: &str) {
+        let connection = *self.connections.borrow();
+        let mut retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        if retained.connection != connection {
+            retained.values.clear();
+            retained.connection = connection;
+        }
+        match retained.values.get_mut(topic) {
+            Some(last) => value.clone_into(last),
+            None => {
+                retained.values.insert(topic.to_string(), value.to_string());
+            }
+        }
+    }
+
+    /// Whether the broker holds `value` on `topic` already: the last value
+    /// published there through this mailbox, on the present connection.
+    fn has_value(&self, topic: &str, value: &str) -> bool {
+        let connection = *self.connections.borrow();
+        let retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        retained.connection == connection && retained.values.get(topic).is_some_and(|v| v == value)
     }
 
     /// Whether the server's connection is connected and subscribed now.
@@ -219,5 +255,23 @@ impl RunnerLink {
         payload: Vec<u8>,
     ) -> Result<(), LinkClosed> {
         self.publisher.publish(topic, retain, payload).await
+    }
+
+    /// Publishes `payload`, carrying `value`, retained on `topic`, and notes
+    /// it as the value the broker holds there. Every retained publish of a
+    /// runner's state and info goes through here.
+    pub async fn publish_value(
+        &self,
+        topic: String,
+        value: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), LinkClosed> {
+        self.mailbox.note_value(&topic, value);
+        self.publisher.publish(topic, true, payload).await
+    }
+
+    /// See [`Mailbox::has_value`].
+    pub fn has_value(&self, topic: &str, value: &str) -> bool {
+        self.mailbox.has_value(topic, value)
     }
 }

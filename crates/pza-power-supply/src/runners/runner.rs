@@ -41,8 +41,8 @@ use super::mailbox::{RunnerLink, SharedMailbox};
 use crate::config::OnShutdown;
 use crate::drivers::{DriverError, PowerSupplyDriver};
 use crate::protocol::payload::{
-    command_id, error_reply, measure_reply, parse_command, parse_measure, state_reply, value_reply,
-    Measurement,
+    command_id, error_reply, format_value, measure_reply, parse_command, parse_measure,
+    state_reply, value_reply, Measurement,
 };
 use crate::protocol::{Amps, Attribute, InfoReport, Request, Topics, Volts};
 use pza_toolkit::mqtt::link::{LinkEvent, Publisher};
@@ -146,6 +146,38 @@ impl Runner {
             })
         })
     }
+}
+
+/// Which retained values a runner publishes when it reaches `Running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Republish {
+    /// All: after a reconnection, the broker may have lost them.
+    All,
+    /// Those the broker does not have yet: after a restart on the same
+    /// connection, a value this runner (or its previous start) published
+    /// and that has not changed is on the broker already, so a crash
+    /// costs no broker work for it.
+    Changed,
+}
+
+/// The output state as published, and its retained payload.
+fn state_value(pza_id: Option<&str>, enabled: bool) -> (String, Vec<u8>) {
+    let value = if enabled { "ON" } else { "OFF" };
+    (value.to_string(), state_reply(pza_id, enabled))
+}
+
+/// A setpoint as published (with the model's decimals), and its retained
+/// payload.
+fn setpoint_value(
+    pza_id: Option<&str>,
+    field: &str,
+    value: f64,
+    decimals: usize,
+) -> (String, Vec<u8>) {
+    (
+        format_value(value, decimals),
+        value_reply(pza_id, field, value, decimals),
+    )
 }
 
 /// Why a command or a measurement could not complete.
@@ -265,8 +297,9 @@ impl Session {
                 event = self.link.recv() => match event {
                     Some(LinkEvent::Message(publish)) => self.handle(driver, publish).await?,
                     Some(LinkEvent::Connected { .. }) => {
-                        self.publish_info().await?;
-                        self.publish_state(driver, None).await?;
+                        // The broker may have lost them: all of them again.
+                        self.publish_info(Republish::All).await?;
+                        self.publish_state(driver, Republish::All).await?;
                         // Subscribed again: `Running` may be said again.
                         let _ = control.reports.send(RunnerReport {
                             runner: self.settings.name.clone(),
@@ -314,8 +347,8 @@ impl Session {
             }
         }
         self.clamp_setpoints(driver).await?;
-        self.publish_info().await?;
-        self.publish_state(driver, None).await?;
+        self.publish_info(Republish::Changed).await?;
+        self.publish_state(driver, Republish::Changed).await?;
         // The retained state is queued on the connection before the
         // supervisor's `Running`, which is queued after this report.
         let _ = control.reports.send(RunnerReport {
@@ -352,12 +385,14 @@ impl Session {
             match tokio::time::timeout(timeout, off).await {
                 Ok(Ok(enabled)) => {
                     tracing::info!(runner = %self.settings.name, "output turned off for shutdown");
-                    self.publish(
-                        self.settings.topics.attribute(Attribute::State),
-                        true,
-                        state_reply(None, enabled),
-                    )
-                    .await?;
+                    let (value, payload) = state_value(None, enabled);
+                    self.link
+                        .publish_value(
+                            self.settings.topics.attribute(Attribute::State),
+                            &value,
+                            payload,
+                        )
+                        .await?;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(runner = %self.settings.name, error = %e, "cannot turn the output off")
@@ -379,6 +414,20 @@ impl Session {
 
     async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), Cause> {
         Ok(self.link.publish(topic, retain, payload).await?)
+    }
+
+    /// Publishes a retained value, or with `Republish::Changed` leaves it
+    /// out when the broker has it already (see [`Republish`]).
+    async fn publish_retained(
+        &self,
+        topic: String,
+        (value, payload): (String, Vec<u8>),
+        republish: Republish,
+    ) -> Result<(), Cause> {
+        if republish == Republish::Changed && self.link.has_value(&topic, &value) {
+            return Ok(());
+        }
+        Ok(self.link.publish_value(topic, &value, payload).await?)
     }
 
     async fn publish_error(&self, pza_id: Option<&str>, message: &str) -> Result<(), Cause> {
@@ -468,7 +517,7 @@ impl Session {
                     })
                 })
                 .await
-                .map(|enabled| state_reply(pza_id, enabled)),
+                .map(|enabled| state_value(pza_id, enabled)),
             Request::SetVoltage(v) => self
                 .call(driver, "voltage", pza_id, |d| {
                     Box::pin(async move {
@@ -477,7 +526,7 @@ impl Session {
                     })
                 })
                 .await
-                .map(|v| value_reply(pza_id, "voltage", v.0, vd)),
+                .map(|v| setpoint_value(pza_id, "voltage", v.0, vd)),
             Request::SetCurrent(a) => self
                 .call(driver, "current", pza_id, |d| {
                     Box::pin(async move {
@@ -486,10 +535,10 @@ impl Session {
                     })
                 })
                 .await
-                .map(|a| value_reply(pza_id, "current", a.0, cd)),
+                .map(|a| setpoint_value(pza_id, "current", a.0, cd)),
         };
         match reply {
-            Ok(payload) => self.publish(topic, true, payload).await,
+            Ok((value, payload)) => Ok(self.link.publish_value(topic, &value, payload).await?),
             Err(Failure::Answered) => Ok(()),
             Err(Failure::Fatal(e)) => Err(e),
         }
@@ -570,9 +619,10 @@ impl Session {
     }
 
     /// `P/info`, retained.
-    async fn publish_info(&self) -> Result<(), Cause> {
-        let payload = self.settings.info.to_payload();
-        self.publish(self.settings.topics.info(), true, payload)
+    async fn publish_info(&self, republish: Republish) -> Result<(), Cause> {
+        // The info of a runner never changes while the server runs.
+        let info = (String::new(), self.settings.info.to_payload());
+        self.publish_retained(self.settings.topics.info(), info, republish)
             .await
     }
 
@@ -634,10 +684,10 @@ impl Session {
     async fn publish_state(
         &mut self,
         driver: &mut Driver,
-        pza_id: Option<&str>,
+        republish: Republish,
     ) -> Result<(), Cause> {
         let read = self
-            .call(driver, "state", pza_id, |d| {
+            .call(driver, "state", None, |d| {
                 Box::pin(async move {
                     Ok((
                         d.output_enabled().await?,
@@ -653,22 +703,22 @@ impl Session {
             Err(Failure::Fatal(e)) => return Err(e),
         };
         let topics = self.settings.topics.clone();
-        self.publish(
+        self.publish_retained(
             topics.attribute(Attribute::State),
-            true,
-            state_reply(pza_id, enabled),
+            state_value(None, enabled),
+            republish,
         )
         .await?;
-        self.publish(
+        self.publish_retained(
             topics.attribute(Attribute::Voltage),
-            true,
-            value_reply(pza_id, "voltage", voltage.0, self.settings.voltage_decimals),
+            setpoint_value(None, "voltage", voltage.0, self.settings.voltage_decimals),
+            republish,
         )
         .await?;
-        self.publish(
+        self.publish_retained(
             topics.attribute(Attribute::Current),
-            true,
-            value_reply(pza_id, "current", current.0, self.settings.current_decimals),
+            setpoint_value(None, "current", current.0, self.settings.current_decimals),
+            republish,
         )
         .await
     }

@@ -186,6 +186,12 @@ impl Slot {
                 let mut report = self.status(Status::Restarting);
                 report.next_restart_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                 actions.push(self.record(report));
+                if delay.is_zero() {
+                    // Started in the same turn, not on a timer: its
+                    // statuses leave together.
+                    self.state = State::Stopped;
+                    actions.push(Action::Launch { restart: true });
+                }
             }
             Decision::GiveUp => {
                 self.state = State::Failed;
