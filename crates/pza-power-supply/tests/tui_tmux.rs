@@ -14,7 +14,9 @@ use pza_toolkit::temp::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pza-power-supply");
 
-/// How often the screen is read while waiting for something to appear.
+/// How often the screen (or the exit-status file) is read while waiting for
+/// something to appear: neither tmux nor the shell gives notice of a change.
+/// The waits are bounded by `WAIT`.
 const POLL: Duration = Duration::from_millis(100);
 
 /// A tmux server of its own (`tmux -L`), killed with everything in it on drop.

@@ -21,6 +21,15 @@ use tokio::sync::{mpsc, Mutex};
 /// it only turns a hang into a failure.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// The test client's pause before its event loop tries the broker again:
+/// the pace of a retry (rumqttc reconnects on the next poll), not a wait
+/// for anything.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// A port gives no notice when it starts accepting connections: it is tried
+/// again this often, until the wait's own bound.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
 /// A server with the embedded broker on a free port.
 pub struct TestServer {
     pub port: u16,
@@ -168,7 +177,7 @@ impl Client {
                         let _ = subacks_tx.send(());
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
                 }
             }
         });
@@ -194,7 +203,7 @@ impl Client {
             {
                 return Some(Client::connect(port).await);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(ACCEPT_POLL).await;
         }
         None
     }

@@ -20,6 +20,11 @@ use tokio::sync::Mutex;
 /// How long mosquitto may take to accept connections after it is started.
 const START_LIMIT: Duration = Duration::from_secs(10);
 
+/// mosquitto's log is a file, which gives no notice of a new line, and its
+/// ports give none when they start accepting: both are looked at again this
+/// often while waiting for a line (or for the ports), up to the wait's bound.
+const LOG_POLL: Duration = Duration::from_millis(20);
+
 /// One listener of the broker.
 #[derive(Debug, Clone)]
 pub enum Listener {
@@ -206,7 +211,7 @@ impl Mosquitto {
                 "mosquitto does not accept on its ports {:?} within {START_LIMIT:?}:\n{log}",
                 self.ports
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(LOG_POLL).await;
         }
     }
 
@@ -251,7 +256,7 @@ impl Mosquitto {
                 tokio::time::Instant::now() < deadline,
                 "mosquitto did not log {count} lines with {needles:?} within {limit:?}:\n{log}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(LOG_POLL).await;
         }
     }
 }
