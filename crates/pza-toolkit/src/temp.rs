@@ -23,7 +23,7 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `pza-<tag>-<pid>-<n>-<nanos>` under the system temp folder.
     /// The folder is created here, not found: a name already taken is never
-    /// shared, another one is tried.
+    /// shared, another one is tried. An error names the folder.
     pub fn new(tag: &str) -> std::io::Result<TempDir> {
         let root = std::env::temp_dir();
         let mut last_error = None;
@@ -38,8 +38,10 @@ impl TempDir {
             let path = root.join(format!("pza-{tag}-{}-{n}-{nanos:08x}", std::process::id()));
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(TempDir { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    last_error = Some(creating(&path, e));
+                }
+                Err(e) => return Err(creating(&path, e)),
             }
         }
         Err(last_error.unwrap_or_else(|| std::io::Error::other("no free temp folder name")))
@@ -53,6 +55,11 @@ impl TempDir {
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.path.join(name)
     }
+}
+
+/// `e`, saying which folder could not be created.
+fn creating(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("creating {}: {e}", path.display()))
 }
 
 impl AsRef<Path> for TempDir {
