@@ -462,18 +462,19 @@ impl LogCapture {
                 return;
             }
             match tokio::time::timeout_at(deadline, self.events.changed()).await {
-                Ok(Ok(())) => continue,
+                Ok(Ok(())) => {}
                 // The sender lives in the subscriber this guard installed.
                 Ok(Err(_)) => panic!("the log capture ended"),
-                Err(_) => {}
-            }
-            {
-                let lines = self
-                    .lines
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .join("\n");
-                panic!("not logged {count} times within {WAIT:?}: {needles:?}; the log:\n{lines}");
+                Err(_) => {
+                    let lines = self
+                        .lines
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .join("\n");
+                    panic!(
+                        "not logged {count} times within {WAIT:?}: {needles:?}; the log:\n{lines}"
+                    );
+                }
             }
         }
     }
