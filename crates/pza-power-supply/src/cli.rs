@@ -156,7 +156,7 @@ pub fn load_config(arg: &ConfigArg, factory: &DriverFactory) -> anyhow::Result<S
 pub async fn run(args: RunArgs, factory: DriverFactory) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config, &factory)?;
     let tui = if config.tui.enable && !args.no_tui && std::io::stdout().is_terminal() {
-        let options = crate::connect::for_broker(&config.broker, DEFAULT_TIMEOUT)?;
+        let options = crate::connect::own_broker(&config.broker, DEFAULT_TIMEOUT)?;
         // From now on, logs wait for the UI's pane rather than print on
         // the screen it is about to take.
         let capture = crate::tui::log::Capture::start();

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::config::{BrokerConfig, McpConfig};
 use crate::connect::{self, ConnectArgs, Environment};
 use crate::drivers::DriverFactory;
 
@@ -65,16 +65,16 @@ pub struct McpHttp {
 }
 
 impl McpHttp {
-    /// Binds `mcp.host:mcp.port` now (a port in use is an error at start-up)
-    /// and serves once the client reaches the server's broker, until
-    /// `shutdown` is cancelled.
+    /// Binds `bind` (`mcp.host:mcp.port`, resolved at config load) now (a
+    /// port in use is an error at start-up) and serves once the client
+    /// reaches the server's broker, until `shutdown` is cancelled.
     pub async fn start(
-        config: &ServerConfig,
+        bind: SocketAddr,
+        mcp: &McpConfig,
+        broker: &BrokerConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<McpHttp> {
-        let mcp = &config.mcp;
-        let bind = format!("{}:{}", bracketed(&mcp.host), mcp.port);
-        let listener = TcpListener::bind(&bind)
+        let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("mcp: cannot listen on {bind}: {e}"))?;
         let addr = listener
@@ -86,7 +86,7 @@ impl McpHttp {
             &mcp.allowed_origins,
             mcp.token.clone(),
         );
-        let options = connect::own_broker(&config.broker, DEFAULT_TIMEOUT)?;
+        let options = connect::own_broker(broker, DEFAULT_TIMEOUT)?;
         let task = tokio::spawn(async move {
             let Some(client) = connect_until(options, &shutdown).await else {
                 return;
@@ -131,14 +131,5 @@ async fn connect_until(options: ClientOptions, shutdown: &CancellationToken) -> 
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(BROKER_RETRY) => {}
         }
-    }
-}
-
-/// An IPv6 address in brackets, for `host:port`.
-fn bracketed(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
     }
 }

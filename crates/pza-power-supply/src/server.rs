@@ -2,7 +2,7 @@
 //! runners and the MCP server, started in that order and stopped in the
 //! reverse order.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,52 +38,44 @@ pub struct Server {
 
 impl Server {
     /// Starts the broker, waits until it accepts connections, binds the MCP
-    /// server, then starts the runners.
+    /// server, then starts the runners, all as `config`'s plan says. The
+    /// driver models are those `config` was loaded with, already in its
+    /// plan: `factory` is not read again (the parameter stays for the
+    /// callers of the seed's signature).
     pub async fn start(
         config: ServerConfig,
-        factory: Arc<Mutex<DriverFactory>>,
+        _factory: Arc<Mutex<DriverFactory>>,
         options: ServerOptions,
     ) -> anyhow::Result<Server> {
         let shutdown = CancellationToken::new();
-        let broker = if config.broker.use_builtin && !options.no_broker {
-            let ip = match config.broker.tcp.addr.as_str() {
-                "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                other => other.parse().map_err(|_| {
-                    anyhow::anyhow!("broker.tcp.addr: \"{other}\" is not an IP address")
-                })?,
-            };
-            let credentials = config
-                .broker
-                .username
-                .clone()
-                .map(|u| (u, config.broker.password.clone().unwrap_or_default()));
-            Some(
-                EmbeddedBroker::start(SocketAddr::new(ip, config.broker.tcp.port), credentials)
-                    .await?,
-            )
-        } else {
-            None
+        let plan = config.plan;
+        let broker = match &plan.embedded_broker {
+            Some(embedded) if !options.no_broker => {
+                Some(EmbeddedBroker::start(embedded.addr, embedded.credentials.clone()).await?)
+            }
+            _ => None,
         };
         // Bound before the runners start, so that a port in use stops the
         // start-up before any device is touched.
-        let mcp = if config.mcp.enable && !options.no_mcp {
-            match McpHttp::start(&config, shutdown.clone()).await {
-                Ok(mcp) => Some(mcp),
-                Err(e) => {
-                    if let Some(broker) = broker {
-                        broker.stop().await;
+        let mcp = match plan.mcp {
+            Some(addr) if !options.no_mcp => {
+                match McpHttp::start(addr, &config.mcp, &config.broker, shutdown.clone()).await {
+                    Ok(mcp) => Some(mcp),
+                    Err(e) => {
+                        if let Some(broker) = broker {
+                            broker.stop().await;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
             }
-        } else {
-            None
+            _ => None,
         };
-        let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+        let shutdown_timeout = plan.shutdown_timeout;
         let runners = if options.no_runners {
             None
         } else {
-            match RunnersService::start_with_shutdown(config, factory, shutdown.clone()).await {
+            match RunnersService::start_plan(plan, shutdown.clone()).await {
                 Ok(started) => Some(started),
                 Err(e) => {
                     shutdown.cancel();

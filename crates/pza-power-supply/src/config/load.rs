@@ -1,28 +1,33 @@
-//! Loading: JSON5 text into a checked `ServerConfig`.
+//! Loading: JSON5 text into a checked `ServerConfig` and its [`Plan`].
 //!
 //! Stage one maps the text onto serde types (syntax errors with line and
 //! column, type and unknown-key errors with the key path). Stage two checks
 //! what serde cannot: names, models, limits against each model's range,
-//! restart rules, and each model's own settings. The first failure is
-//! returned, as one line naming the file, the key path and the reason.
+//! restart rules, addresses, TLS files and each model's own settings, and
+//! keeps what each check resolves (the model, the policy, the limits, the
+//! socket addresses, the TLS configuration) in the plan. The first failure
+//! is returned, as one line naming the file, the key path and the reason.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use pza_toolkit::config::{from_value, invalid, parse_json5_value, ConfigFileError};
-use pza_toolkit::mqtt::{ClientTls, TlsError};
+use pza_toolkit::mqtt::{BrokerEndpoint, ClientTls, TlsError};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::plan::{bind_ip, runner_settings, DriverPlan, EmbeddedBrokerPlan, RunnerPlan};
 use super::types::{
     DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MEASURE_PERIOD_MS, DEFAULT_SHUTDOWN_TIMEOUT_MS,
 };
 use super::{
-    BrokerConfig, ConfigPath, McpConfig, OnShutdown, RestartSettings, RunnerConfig,
-    SecurityLimitsConfig, ServerConfig, TlsConfig, TuiConfig,
+    client_host, BrokerConfig, ConfigPath, McpConfig, OnShutdown, Plan, RestartSettings,
+    RunnerConfig, SecurityLimitsConfig, ServerConfig, TlsConfig, TuiConfig,
 };
 use crate::drivers::{DriverFactory, DriverSettings, Range};
+use crate::runners::SecurityLimits;
 
 /// The config written at the default path on first run: the embedded broker
 /// on 127.0.0.1:1883 and one emulated supply.
@@ -162,7 +167,7 @@ pub fn parse(
             }
         }
     }
-    check_broker(path, &file.broker)?;
+    let (embedded_broker, endpoint) = check_broker(path, &file.broker)?;
     let toggle_key = &file.tui.power_toggle_key;
     if toggle_key.chars().count() != 1 {
         return Err(invalid(
@@ -189,18 +194,36 @@ pub fn parse(
             ),
         ));
     }
-    check_mcp(path, &file.mcp)?;
+    let mcp_addr = check_mcp(path, &file.mcp)?;
     file.restart
         .resolve()
         .map_err(|(key, message)| invalid(path, format!("restart.{key}"), message))?;
 
+    let namespace = file.broker.namespace.clone();
     let mut runners = BTreeMap::new();
+    let mut runner_plans = BTreeMap::new();
     for (name, entry) in file.runners {
-        let runner = check_runner(path, &name, entry, &file.restart, factory)?;
-        runners.insert(name, runner);
+        let resolve = ResolveRunner {
+            path,
+            server_restart: &file.restart,
+            factory,
+            endpoint: &endpoint,
+            namespace: namespace.as_deref(),
+        };
+        let (runner, plan) = resolve.check(&name, entry)?;
+        runners.insert(name.clone(), runner);
+        runner_plans.insert(name, plan);
     }
-    check_instrument_uses(path, &runners, factory)?;
+    check_instrument_uses(path, &runner_plans)?;
 
+    let plan = Plan {
+        embedded_broker,
+        endpoint,
+        namespace,
+        mcp: file.mcp.enable.then_some(mcp_addr),
+        shutdown_timeout: Duration::from_millis(file.shutdown_timeout_ms),
+        runners: runner_plans,
+    };
     Ok(ServerConfig {
         source: path.to_path_buf(),
         broker: file.broker,
@@ -209,6 +232,7 @@ pub fn parse(
         restart: file.restart,
         shutdown_timeout_ms: file.shutdown_timeout_ms,
         runners,
+        plan,
     })
 }
 
@@ -239,8 +263,9 @@ fn first_null(value: &Value, at: &str) -> Option<String> {
     }
 }
 
-fn check_mcp(path: &Path, mcp: &McpConfig) -> Result<(), ConfigFileError> {
-    if mcp.host.parse::<IpAddr>().is_err() && mcp.host != "localhost" {
+/// Checks the MCP section; returns the address to bind.
+fn check_mcp(path: &Path, mcp: &McpConfig) -> Result<SocketAddr, ConfigFileError> {
+    let Some(ip) = bind_ip(&mcp.host) else {
         return Err(invalid(
             path,
             "mcp.host",
@@ -249,7 +274,7 @@ fn check_mcp(path: &Path, mcp: &McpConfig) -> Result<(), ConfigFileError> {
                 mcp.host
             ),
         ));
-    }
+    };
     for (i, host) in mcp.allowed_hosts.iter().enumerate() {
         if host.trim().is_empty() || host.contains(['/', ' ']) {
             return Err(invalid(
@@ -275,23 +300,36 @@ fn check_mcp(path: &Path, mcp: &McpConfig) -> Result<(), ConfigFileError> {
             "must not be empty (leave it out, or null, for no token)",
         ));
     }
-    Ok(())
+    Ok(SocketAddr::new(ip, mcp.port))
 }
 
-fn check_broker(path: &Path, broker: &BrokerConfig) -> Result<(), ConfigFileError> {
-    if broker.use_builtin
-        && broker.tcp.addr != "localhost"
-        && broker.tcp.addr.parse::<IpAddr>().is_err()
-    {
-        return Err(invalid(
-            path,
-            "broker.tcp.addr",
-            format!(
-                "\"{}\" is not an IP address to bind the embedded broker to",
-                broker.tcp.addr
-            ),
-        ));
-    }
+/// Checks the broker section; returns the embedded broker to start, if any,
+/// and how the server's own connections reach the broker.
+fn check_broker(
+    path: &Path,
+    broker: &BrokerConfig,
+) -> Result<(Option<EmbeddedBrokerPlan>, BrokerEndpoint), ConfigFileError> {
+    let embedded = if broker.use_builtin {
+        let Some(ip) = bind_ip(&broker.tcp.addr) else {
+            return Err(invalid(
+                path,
+                "broker.tcp.addr",
+                format!(
+                    "\"{}\" is not an IP address to bind the embedded broker to",
+                    broker.tcp.addr
+                ),
+            ));
+        };
+        Some(EmbeddedBrokerPlan {
+            addr: SocketAddr::new(ip, broker.tcp.port),
+            credentials: broker
+                .username
+                .clone()
+                .map(|u| (u, broker.password.clone().unwrap_or_default())),
+        })
+    } else {
+        None
+    };
     if broker.tcp.addr.is_empty() {
         return Err(invalid(path, "broker.tcp.addr", "must not be empty"));
     }
@@ -305,15 +343,27 @@ fn check_broker(path: &Path, broker: &BrokerConfig) -> Result<(), ConfigFileErro
     if let Some(namespace) = &broker.namespace {
         check_namespace(namespace).map_err(|m| invalid(path, "broker.namespace", m))?;
     }
-    if let Some(tls) = &broker.tls {
-        check_tls(path, broker, tls)?;
-    }
-    Ok(())
+    let tls = match &broker.tls {
+        Some(tls) => Some(check_tls(path, broker, tls)?),
+        None => None,
+    };
+    let endpoint = BrokerEndpoint {
+        host: client_host(&broker.tcp.addr),
+        port: broker.tcp.port,
+        username: broker.username.clone(),
+        password: broker.password.clone(),
+        tls,
+    };
+    Ok((embedded, endpoint))
 }
 
 /// TLS is for an external broker; its files must be readable PEM, and a
-/// client certificate comes with its key.
-fn check_tls(path: &Path, broker: &BrokerConfig, tls: &TlsConfig) -> Result<(), ConfigFileError> {
+/// client certificate comes with its key. Returns the files loaded.
+fn check_tls(
+    path: &Path,
+    broker: &BrokerConfig,
+    tls: &TlsConfig,
+) -> Result<ClientTls, ConfigFileError> {
     if broker.use_builtin {
         return Err(invalid(
             path,
@@ -348,7 +398,7 @@ fn check_tls(path: &Path, broker: &BrokerConfig, tls: &TlsConfig) -> Result<(), 
         }
     };
     match ClientTls::load(&tls.files()) {
-        Ok(_) => Ok(()),
+        Ok(loaded) => Ok(loaded),
         Err(TlsError::Read { path: file, source }) => Err(invalid(
             path,
             key_of(&file),
@@ -399,123 +449,139 @@ fn check_runner_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_runner(
-    path: &Path,
-    name: &str,
-    entry: serde_json::Map<String, Value>,
-    server_restart: &RestartSettings,
-    factory: &DriverFactory,
-) -> Result<RunnerConfig, ConfigFileError> {
-    let key = |k: &str| format!("runners.{name}.{k}");
-    check_runner_name(name).map_err(|m| invalid(path, format!("runners.{name}"), m))?;
+/// What checking a runner's entry needs besides the entry.
+struct ResolveRunner<'a> {
+    path: &'a Path,
+    server_restart: &'a RestartSettings,
+    factory: &'a DriverFactory,
+    endpoint: &'a BrokerEndpoint,
+    namespace: Option<&'a str>,
+}
 
-    let (common, driver_settings): (DriverSettings, DriverSettings) = entry
-        .into_iter()
-        .partition(|(k, _)| RUNNER_KEYS.contains(&k.as_str()));
-    let runner: RunnerFile = from_value(path, Value::Object(common), &format!("runners.{name}"))?;
+impl ResolveRunner<'_> {
+    /// Checks runner `name`'s entry; returns it as written, and resolved.
+    fn check(
+        &self,
+        name: &str,
+        entry: serde_json::Map<String, Value>,
+    ) -> Result<(RunnerConfig, RunnerPlan), ConfigFileError> {
+        let path = self.path;
+        let key = |k: &str| format!("runners.{name}.{k}");
+        check_runner_name(name).map_err(|m| invalid(path, format!("runners.{name}"), m))?;
 
-    let model = factory.model(&runner.model).ok_or_else(|| {
-        invalid(
-            path,
-            key("model"),
-            format!(
-                "unknown model \"{}\" (available: {})",
-                runner.model,
-                factory.model_names().join(", ")
-            ),
+        let (common, driver_settings): (DriverSettings, DriverSettings) = entry
+            .into_iter()
+            .partition(|(k, _)| RUNNER_KEYS.contains(&k.as_str()));
+        let runner: RunnerFile =
+            from_value(path, Value::Object(common), &format!("runners.{name}"))?;
+
+        let model = self
+            .factory
+            .find(&runner.model)
+            .map_err(|e| invalid(path, key("model"), e.to_string()))?;
+        let manifest = model.manifest();
+
+        for extra in driver_settings.keys() {
+            if !manifest.settings.contains(&extra.as_str()) {
+                let mut known: Vec<&str> = RUNNER_KEYS.to_vec();
+                known.extend(manifest.settings);
+                return Err(invalid(
+                    path,
+                    key(extra),
+                    format!(
+                        "unknown key for model {} (known keys: {})",
+                        manifest.model,
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        model.check_settings(&driver_settings).map_err(|e| {
+            // "." is the runner entry itself (a missing model-specific key).
+            let at = if e.key == "." {
+                format!("runners.{name}")
+            } else {
+                key(&e.key)
+            };
+            invalid(path, at, e.message)
+        })?;
+
+        // Limits are checked against what this runner drives: one channel of
+        // a multi-channel instrument.
+        let scoped = model.runner_manifest(&driver_settings);
+        let owner = model.range_owner(&driver_settings);
+        let limits = SecurityLimitsConfig {
+            min_voltage: runner.security_min_voltage,
+            max_voltage: runner.security_max_voltage,
+            min_current: runner.security_min_current,
+            max_current: runner.security_max_current,
+        };
+        let voltage = check_limits(
+            ("voltage", "V"),
+            limits.min_voltage,
+            limits.max_voltage,
+            scoped.voltage_range,
+            &owner,
         )
-    })?;
-    let manifest = model.manifest();
+        .map_err(|(k, m)| invalid(path, key(&k), m))?;
+        let current = check_limits(
+            ("current", "A"),
+            limits.min_current,
+            limits.max_current,
+            scoped.current_range,
+            &owner,
+        )
+        .map_err(|(k, m)| invalid(path, key(&k), m))?;
 
-    for extra in driver_settings.keys() {
-        if !manifest.settings.contains(&extra.as_str()) {
-            let mut known: Vec<&str> = RUNNER_KEYS.to_vec();
-            known.extend(manifest.settings);
+        if runner.command_timeout_ms == 0 {
             return Err(invalid(
                 path,
-                key(extra),
-                format!(
-                    "unknown key for model {} (known keys: {})",
-                    manifest.model,
-                    known.join(", ")
-                ),
+                key("command_timeout_ms"),
+                "must be greater than 0",
             ));
         }
-    }
-    model.check_settings(&driver_settings).map_err(|e| {
-        // "." is the runner entry itself (a missing model-specific key).
-        let at = if e.key == "." {
-            format!("runners.{name}")
-        } else {
-            key(&e.key)
+        let policy = self
+            .server_restart
+            .merged(&runner.restart)
+            .resolve()
+            .map_err(|(k, m)| invalid(path, key(&format!("restart.{k}")), m))?;
+
+        let config = RunnerConfig {
+            model: runner.model,
+            description: runner.description,
+            limits,
+            measure_period_ms: runner.measure_period_ms,
+            command_timeout_ms: runner.command_timeout_ms,
+            on_shutdown: runner.on_shutdown,
+            restart: runner.restart,
+            driver_settings,
         };
-        invalid(path, at, e.message)
-    })?;
-
-    // Limits are checked against what this runner drives: one channel of a
-    // multi-channel instrument.
-    let scoped = model.runner_manifest(&driver_settings);
-    let owner = model.range_owner(&driver_settings);
-    let limits = SecurityLimitsConfig {
-        min_voltage: runner.security_min_voltage,
-        max_voltage: runner.security_max_voltage,
-        min_current: runner.security_min_current,
-        max_current: runner.security_max_current,
-    };
-    check_limits(
-        ("voltage", "V"),
-        limits.min_voltage,
-        limits.max_voltage,
-        scoped.voltage_range,
-        &owner,
-    )
-    .map_err(|(k, m)| invalid(path, key(&k), m))?;
-    check_limits(
-        ("current", "A"),
-        limits.min_current,
-        limits.max_current,
-        scoped.current_range,
-        &owner,
-    )
-    .map_err(|(k, m)| invalid(path, key(&k), m))?;
-
-    if runner.command_timeout_ms == 0 {
-        return Err(invalid(
-            path,
-            key("command_timeout_ms"),
-            "must be greater than 0",
-        ));
+        let settings = runner_settings(
+            name,
+            &config,
+            &scoped,
+            SecurityLimits { voltage, current },
+            self.endpoint,
+            self.namespace,
+        );
+        let plan = RunnerPlan {
+            driver: DriverPlan::new(model, config.driver_settings.clone()),
+            policy,
+            settings,
+        };
+        Ok((config, plan))
     }
-    server_restart
-        .merged(&runner.restart)
-        .resolve()
-        .map_err(|(k, m)| invalid(path, key(&format!("restart.{k}")), m))?;
-
-    Ok(RunnerConfig {
-        model: runner.model,
-        description: runner.description,
-        limits,
-        measure_period_ms: runner.measure_period_ms,
-        command_timeout_ms: runner.command_timeout_ms,
-        on_shutdown: runner.on_shutdown,
-        restart: runner.restart,
-        driver_settings,
-    })
 }
 
 /// Runners that name one instrument share its connection: each must drive
 /// its own part of it (its own channel), with the same instrument settings.
 fn check_instrument_uses(
     path: &Path,
-    runners: &BTreeMap<String, RunnerConfig>,
-    factory: &DriverFactory,
+    runners: &BTreeMap<String, RunnerPlan>,
 ) -> Result<(), ConfigFileError> {
     let mut seen: Vec<(&str, crate::drivers::InstrumentUse)> = Vec::new();
     for (name, runner) in runners {
-        let Some(model) = factory.model(&runner.model) else {
-            continue;
-        };
-        let Some(used) = model.instrument_use(&runner.driver_settings) else {
+        let Some(used) = runner.driver.instrument_use() else {
             continue;
         };
         for (other, earlier) in &seen {
@@ -548,15 +614,16 @@ fn check_instrument_uses(
     Ok(())
 }
 
-/// Checks one pair of security limits against the model's range; returns the
-/// offending key and the reason.
+/// Checks one pair of security limits against the model's range; returns
+/// the limits with the model's bound for any left out, or the offending key
+/// and the reason.
 fn check_limits(
     (quantity, unit): (&str, &str),
     min: Option<f64>,
     max: Option<f64>,
     range: Range,
     model: &str,
-) -> Result<(), (String, String)> {
+) -> Result<Range, (String, String)> {
     let min_key = format!("security_min_{quantity}");
     let max_key = format!("security_max_{quantity}");
     for (key, value) in [(&min_key, min), (&max_key, max)] {
@@ -582,5 +649,5 @@ fn check_limits(
             format!("{lo} {unit} is greater than {max_key} {hi} {unit}"),
         ));
     }
-    Ok(())
+    Ok(Range::new(lo, hi))
 }
