@@ -34,7 +34,7 @@ pub struct McpArgs {
     #[arg(long, value_name = "NAME")]
     pub device: Option<String>,
     /// The time allowed to connect, and for each reply
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = crate::cli::millis(DEFAULT_TIMEOUT))]
     pub timeout_ms: u64,
 }
 
@@ -48,10 +48,12 @@ pub async fn stdio(args: McpArgs, factory: &DriverFactory) -> anyhow::Result<Exi
         Some(name) => Scope::One(name),
         None => Scope::All,
     };
+    // Without a signal handler the assistant's stdin closing still ends it.
+    let signals = crate::cli::Signals::new().ok();
     let signal = async {
-        // Without a signal handler the assistant's stdin closing still ends it.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+        match signals {
+            Some(mut signals) => signals.recv().await,
+            None => std::future::pending::<()>().await,
         }
     };
     pza_power_supply_mcp::serve_stdio(client, scope, signal).await?;

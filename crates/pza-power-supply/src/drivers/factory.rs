@@ -50,16 +50,11 @@ impl DriverFactory {
         self.models.values().map(|m| m.manifest().clone()).collect()
     }
 
-    /// The model names, ordered, for error messages.
-    pub fn model_names(&self) -> Vec<&'static str> {
-        self.models.keys().copied().collect()
-    }
-
     /// The model called `name`, or an error listing the models there are.
     pub fn find(&self, name: &str) -> Result<Arc<dyn DriverModel>, UnknownModel> {
         self.model(name).ok_or_else(|| UnknownModel {
             name: name.to_string(),
-            available: self.model_names().join(", "),
+            available: self.models.keys().copied().collect::<Vec<_>>().join(", "),
         })
     }
 
