@@ -1,12 +1,16 @@
 //! The server configuration: load -> validate -> resolve, once. Types
 //! (`types`, `restart`), loading in two stages (JSON5 text into typed values,
-//! then checks that need the driver models: `load`), the [`Plan`] those
-//! checks resolve (`plan`), default file and path resolution (`paths`).
+//! then checks: `load`, with the checks of the broker and MCP sections in
+//! `broker` and of the runners against their driver models in `runner`),
+//! the [`Plan`] those checks resolve (`plan`), default file and path
+//! resolution (`paths`).
 
+mod broker;
 mod load;
 mod paths;
 mod plan;
 mod restart;
+mod runner;
 mod types;
 
 pub use load::{load, parse, DEFAULT_CONFIG};
