@@ -134,3 +134,75 @@ impl Server {
         self.wait().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use pza_power_supply_client::{Client, ClientOptions, Status};
+    use pza_toolkit::mqtt::probe_free_port;
+
+    use super::*;
+
+    /// Long enough for a loaded machine; a passing run takes milliseconds.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The seed's `RunnersService::start(config, factory)` starts the runners
+    /// from the config's plan, and stops them on `shutdown`.
+    #[tokio::test]
+    async fn runners_service_start_keeps_the_seed_signature() {
+        let port = probe_free_port().expect("a free port");
+        let factory = DriverFactory::with_builtin_models();
+        let text = format!(
+            r#"{{ broker: {{ tcp: {{ port: {port} }} }},
+                 runners: {{ psu: {{ model: "emulator", measure_period_ms: 0 }} }} }}"#
+        );
+        let config = crate::config::parse(Path::new("seed.json5"), &text, &factory)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let embedded = config
+            .plan
+            .embedded_broker
+            .clone()
+            .expect("the embedded broker");
+        let broker = EmbeddedBroker::start(embedded.addr, embedded.credentials)
+            .await
+            .expect("the broker starts");
+
+        let (service, handle) = RunnersService::start(config, Arc::new(Mutex::new(factory)))
+            .await
+            .expect("the runners start");
+        let client = Client::connect(ClientOptions::new("127.0.0.1", port))
+            .await
+            .expect("a client connects");
+        let psu = client.power_supply("psu");
+        let mut updates = psu.watch();
+        let running = async {
+            if psu
+                .snapshot()
+                .await
+                .is_ok_and(|s| s.status == Some(Status::Running))
+            {
+                return;
+            }
+            while let Some(update) = updates.next().await {
+                if update.snapshot.status == Some(Status::Running) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, running)
+            .await
+            .expect("psu Running");
+        assert_eq!(psu.set_voltage(3.3).await.expect("a command"), 3.3);
+
+        service.shutdown();
+        tokio::time::timeout(WAIT, handle)
+            .await
+            .expect("the service stops")
+            .expect("the service task")
+            .expect("a clean stop");
+        assert!(service.monitor.lock().await.is_none());
+        let _ = client.close().await;
+        broker.stop().await;
+    }
+}
