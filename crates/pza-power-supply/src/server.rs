@@ -143,6 +143,11 @@ mod tests {
     use pza_toolkit::mqtt::probe_free_port;
 
     use super::*;
+    use crate::drivers::emulator::EmulatorModel;
+    use crate::drivers::{
+        DriverError, DriverManifest, DriverModel, DriverSettings, ErrorKind, PowerSupplyDriver,
+        SettingsError,
+    };
 
     /// Long enough for a loaded machine; a passing run takes milliseconds.
     const WAIT: Duration = Duration::from_secs(10);
@@ -204,5 +209,56 @@ mod tests {
         assert!(service.monitor.lock().await.is_none());
         let _ = client.close().await;
         broker.stop().await;
+    }
+
+    /// The emulator, whose drivers cannot be built.
+    struct Unbuildable(EmulatorModel);
+
+    impl DriverModel for Unbuildable {
+        fn manifest(&self) -> &DriverManifest {
+            self.0.manifest()
+        }
+
+        fn check_settings(&self, settings: &DriverSettings) -> Result<(), SettingsError> {
+            self.0.check_settings(settings)
+        }
+
+        fn instantiate(
+            &self,
+            _runner: &str,
+            _settings: &DriverSettings,
+        ) -> Result<Box<dyn PowerSupplyDriver>, DriverError> {
+            Err(DriverError::new(ErrorKind::Config, "no such device"))
+        }
+    }
+
+    /// A driver that cannot be built at start-up stops the start with an
+    /// error naming the runner, and the embedded broker is stopped again.
+    #[tokio::test]
+    async fn a_driver_that_cannot_be_built_stops_the_start_naming_the_runner() {
+        let port = probe_free_port().expect("a free port");
+        let mut factory = DriverFactory::new();
+        factory.register(Arc::new(Unbuildable(EmulatorModel::new())));
+        let text = format!(
+            r#"{{ broker: {{ tcp: {{ port: {port} }} }}, runners: {{ psu: {{ model: "emulator" }} }} }}"#
+        );
+        let config = crate::config::parse(Path::new("unbuildable.json5"), &text, &factory)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let outcome = Server::start(
+            config,
+            Arc::new(Mutex::new(factory)),
+            ServerOptions::default(),
+        )
+        .await;
+        let Err(e) = outcome else {
+            panic!("the server started");
+        };
+        let message = format!("{e:#}");
+        assert!(
+            message.contains("runner 'psu': cannot build its emulator driver")
+                && message.contains("no such device"),
+            "{message}"
+        );
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the broker's port is free again");
     }
 }
