@@ -16,6 +16,9 @@ use crate::client::BenchClient;
 /// The voltage that makes a crashing runner's emulator panic.
 pub const CRASH_VOLTAGE: &str = "13";
 
+/// The statuses a crash of a runner goes through, in order.
+pub const CRASH_STATUSES: [&str; 4] = ["Panicking", "Restarting", "Initializing", "Running"];
+
 /// Longest wait for a server's graceful shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 

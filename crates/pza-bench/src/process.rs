@@ -8,8 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 
+use crate::inproc::{config_text, Broker};
+
 /// Pause between two looks at a child that is expected to exit.
 const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// Lines of a server's log quoted in an error.
+const LOG_TAIL_LINES: usize = 5;
 
 /// Longest wait for `cargo build` of the server binary (it only links the
 /// binary when the harness itself was just built).
@@ -117,25 +122,159 @@ impl Drop for ChildGuard {
     }
 }
 
-/// CPU time used so far by the threads of this process, summed by thread
-/// name (`/proc/self/task/*/schedstat`, nanoseconds). Threads that have
-/// ended are not counted.
-pub fn thread_cpu_times() -> HashMap<String, Duration> {
-    let mut times = HashMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return times;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok());
-        if let Some(ns) = ns {
-            *times.entry(name.trim().to_string()).or_default() += Duration::from_nanos(ns);
+/// The server binary, `run --config <tmp> --no-mcp --no-tui`, with its
+/// embedded broker on a free port and the runners given; its log (stderr)
+/// goes to a file next to the config. Killed when dropped.
+pub struct ServerProcess {
+    pub port: u16,
+    /// The instant just before the process was spawned.
+    pub started: Instant,
+    child: ChildGuard,
+    log: PathBuf,
+    /// Dropped after `child`, which is killed first.
+    dir: TempDir,
+}
+
+impl ServerProcess {
+    /// Writes the config for `runners` (config entries) and spawns `binary`
+    /// on it. `RUST_LOG` and `RUST_BACKTRACE` are removed from its
+    /// environment, so that it logs at its default level and a panic does
+    /// not symbolize a backtrace.
+    pub fn spawn(binary: &Path, label: &str, runners: &[String]) -> anyhow::Result<ServerProcess> {
+        let dir = TempDir::new(label)?;
+        let port = pza_toolkit::mqtt::probe_free_port().context("probing a free port")?;
+        let config = dir.path().join("pza-power-supply.json5");
+        std::fs::write(&config, config_text(Broker::Embedded(port), runners))
+            .with_context(|| format!("writing {}", config.display()))?;
+        let log = dir.path().join("server.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let started = Instant::now();
+        let child = ChildGuard::spawn(
+            "the server",
+            Command::new(binary)
+                .arg("run")
+                .arg("--config")
+                .arg(&config)
+                .args(["--no-mcp", "--no-tui"])
+                .env_remove("RUST_LOG")
+                .env_remove("RUST_BACKTRACE")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file),
+        )?;
+        Ok(ServerProcess {
+            port,
+            started,
+            child,
+            log,
+            dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the broker accepts connections.
+    pub async fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        wait_listening(&mut self.child, self.port, timeout).await
+    }
+
+    /// An error if the server has exited on its own.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("the server exited on its own ({status})"),
+            None => Ok(()),
         }
     }
-    times
+
+    /// `error`, with the end of the server's log.
+    pub fn annotate(&self, error: anyhow::Error) -> anyhow::Error {
+        error.context(format!("server log: {}", log_tail(&self.log)))
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit, which must be
+    /// a success; returns how long it took.
+    pub async fn stop(self, timeout: Duration) -> anyhow::Result<Duration> {
+        let ServerProcess {
+            child, log, dir, ..
+        } = self;
+        let result = match child.terminate(timeout).await {
+            Ok((status, took)) if status.success() => Ok(took),
+            Ok((status, _)) => Err(anyhow::anyhow!(
+                "the server exited with {status} after SIGTERM"
+            )),
+            Err(e) => Err(e),
+        };
+        let result = result.map_err(|e| e.context(format!("server log: {}", log_tail(&log))));
+        drop(dir);
+        result
+    }
+}
+
+/// The last lines of a log file, for an error message.
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
+            if tail.is_empty() {
+                "(empty)".into()
+            } else {
+                tail
+            }
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
+/// One thread of a process, as `/proc/<pid>/task/<tid>` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadTime {
+    /// The thread's name (`comm`).
+    pub name: String,
+    /// Time it has spent on a CPU so far (`schedstat`, in nanoseconds).
+    pub cpu: Duration,
+}
+
+/// The CPU time each thread of process `pid` has used so far, by thread id,
+/// from `/proc/<pid>/task/*/schedstat`: nanoseconds, finer than the clock
+/// ticks of `/proc/<pid>/stat`. Threads that have ended are not listed, so
+/// their time is lost to a difference of two readings; compare the thread
+/// ids of the two to know.
+pub fn thread_cpu_times(pid: u32) -> anyhow::Result<HashMap<u32, ThreadTime>> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?;
+    let mut times = HashMap::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = task.path();
+        // A thread that ends between the listing and these reads is skipped.
+        let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) else {
+            continue;
+        };
+        let Some(cpu) = parse_schedstat(&schedstat) else {
+            bail!("{}: not a schedstat line: {schedstat:?}", path.display());
+        };
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        times.insert(
+            tid,
+            ThreadTime {
+                name: name.trim().to_string(),
+                cpu,
+            },
+        );
+    }
+    Ok(times)
+}
+
+/// The first field of a `schedstat` line: nanoseconds spent on a CPU.
+fn parse_schedstat(text: &str) -> Option<Duration> {
+    let ns = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 /// Peak resident set size of process `pid` (`VmHWM`), in bytes.
@@ -353,6 +492,26 @@ mod tests {
         assert!(is_package_variable("CARGO_PKG_VERSION"));
         assert!(!is_package_variable("CARGO_HOME"));
         assert!(!is_package_variable("CARGO_TARGET_DIR"));
+    }
+
+    #[test]
+    fn reads_schedstat_lines() {
+        assert_eq!(
+            parse_schedstat("38123510 41804810 130\n"),
+            Some(Duration::from_nanos(38_123_510))
+        );
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn own_threads_have_cpu_times() {
+        let own = thread_cpu_times(std::process::id()).unwrap();
+        let main = own
+            .get(&std::process::id())
+            .expect("the main thread is listed");
+        assert!(!main.name.is_empty());
+        assert!(own.values().any(|t| !t.cpu.is_zero()));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::stats::{times, Summary};
 /// compare with.
 pub struct Context {
     pub smoke: bool,
-    /// The server binary to spawn, if given on the command line.
+    /// The server binary to spawn, if given on the command line or already
+    /// built (under `cargo run`) by an earlier figure.
     pub server_bin: Option<PathBuf>,
     /// Figure 1's result, for figure 6 to compare with.
     pub embedded_round_trip: Option<roundtrip::RoundTrip>,

@@ -21,7 +21,7 @@ use crate::client::BenchClient;
 use crate::echo::Echo;
 use crate::inproc::{
     crashing_runner, emulator_runner, status_topic, wait_all_status, Broker, InProcessServer,
-    CRASH_VOLTAGE,
+    CRASH_STATUSES, CRASH_VOLTAGE,
 };
 use crate::pinger::{Pinger, Target};
 use crate::probe::PanicProbe;
@@ -51,9 +51,6 @@ const HEALTHY: &str = "bench";
 
 /// Longest wait for one step of a crash (the panic, a status).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The statuses a crash goes through, in order.
-const LIFECYCLE: [&str; 4] = ["Panicking", "Restarting", "Initializing", "Running"];
 
 pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
     let port = probe_free_port().context("probing a free port")?;
@@ -206,7 +203,7 @@ async fn crash_once(
         .context("the emulator did not panic")?;
     let deadline = Instant::now() + STEP_TIMEOUT;
     let topic = status_topic(CRASHING);
-    let mut seen = Vec::with_capacity(LIFECYCLE.len());
+    let mut seen = Vec::with_capacity(CRASH_STATUSES.len());
     let mut panicking = None;
     loop {
         let m = watcher
@@ -223,8 +220,8 @@ async fn crash_once(
         let json = m.json().context("a status that is not JSON")?;
         let status = json["status"].as_str().unwrap_or_default().to_string();
         seen.push(status.clone());
-        if LIFECYCLE.get(seen.len() - 1) != Some(&status.as_str()) {
-            bail!("unexpected status sequence {seen:?}, expected {LIFECYCLE:?}");
+        if CRASH_STATUSES.get(seen.len() - 1) != Some(&status.as_str()) {
+            bail!("unexpected status sequence {seen:?}, expected {CRASH_STATUSES:?}");
         }
         if status == "Panicking" {
             panicking = Some(m.at);

@@ -6,7 +6,7 @@
 //! The runners keep the default `measure_period_ms` of 1000, so the peak RSS
 //! includes the steady state of periodic measurements: it is read after
 //! `SETTLE` more time once all are `Running`. The watching client connects as
-//! soon as the broker accepts, and subscribes to each runner's status topic.
+//! soon as the broker accepts, and subscribes once to `power-supply/+/status`.
 //!
 //! Then late subscribers check the retained state, as a verdict: one to
 //! `power-supply/+/status` and one to `power-supply/#`, at QoS 0 and at
@@ -16,17 +16,15 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use pza_toolkit::mqtt::probe_free_port;
+use anyhow::Context as _;
 use rumqttc::QoS;
 
 use super::{Context, Counts};
 use crate::client::BenchClient;
-use crate::inproc::{config_text, emulator_runner, status_topic, wait_all_status, Broker};
-use crate::process::{peak_rss, server_binary, wait_listening, ChildGuard, TempDir};
+use crate::inproc::{emulator_runner, wait_all_status};
+use crate::process::{peak_rss, server_binary, ServerProcess};
 use crate::report::{Row, Verdict};
 use crate::stats::{duration, median_f64, megabytes, times};
 
@@ -45,10 +43,12 @@ const SETTLE: Counts = Counts {
     smoke: 200,
 };
 
-/// Targets of figure 4, for 1000 runners.
+/// Targets of figure 4, for 1000 runners (issue 16): all `Running` in under
+/// `TARGET_TIME` (median of the starts), a peak RSS under `TARGET_RSS` (in
+/// every start).
 const TARGET_RUNNERS: usize = 1000;
-const TARGET_TIME: Duration = Duration::from_secs(3);
-const TARGET_RSS: u64 = 200_000_000;
+const TARGET_TIME: Duration = Duration::from_secs(1);
+const TARGET_RSS: u64 = 100_000_000;
 
 /// Longest wait for a start, and for the shutdown after SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,10 +71,13 @@ const RETAINED_LEAVES: [&str; 7] = [
     "measure/current",
 ];
 
+/// Every runner's status topic, in one filter.
+const STATUS_FILTER: &str = "power-supply/+/status";
+
 /// The late subscriptions checked, each by a new client: filter and QoS.
 const LATE_SUBSCRIPTIONS: [(&str, QoS); 4] = [
-    ("power-supply/+/status", QoS::AtMostOnce),
-    ("power-supply/+/status", QoS::AtLeastOnce),
+    (STATUS_FILTER, QoS::AtMostOnce),
+    (STATUS_FILTER, QoS::AtLeastOnce),
     ("power-supply/#", QoS::AtMostOnce),
     ("power-supply/#", QoS::AtLeastOnce),
 ];
@@ -101,6 +104,8 @@ struct Start {
 
 pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
     let binary = server_binary(ctx.server_bin.clone()).await?;
+    // Built (under cargo run) once for the figures that spawn it.
+    ctx.server_bin = Some(binary.clone());
     let cases: &[usize] = if ctx.smoke { &SMOKE_CASES } else { &CASES };
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, f64)> = None;
@@ -158,12 +163,12 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
         if runners == TARGET_RUNNERS {
             row = row.target(
                 format!(
-                    "≤ {} and < {}",
+                    "< {} and < {}",
                     duration(TARGET_TIME),
                     megabytes(TARGET_RSS)
                 ),
                 Verdict::from_met(
-                    time <= TARGET_TIME.as_secs_f64() && max_rss < TARGET_RSS as f64,
+                    time < TARGET_TIME.as_secs_f64() && max_rss < TARGET_RSS as f64,
                     ctx.smoke,
                 ),
             );
@@ -214,74 +219,42 @@ async fn start_once(
     check_late: bool,
     smoke: bool,
 ) -> anyhow::Result<Start> {
-    let dir = TempDir::new("scale")?;
-    let port = probe_free_port().context("probing a free port")?;
     let names: Vec<String> = (0..runners).map(|i| format!("r{i:04}")).collect();
     let entries: Vec<String> = names
         .iter()
         .map(|n| emulator_runner(n, MEASURE_PERIOD_MS))
         .collect();
-    let config = dir.path().join("pza-power-supply.json5");
-    std::fs::write(&config, config_text(Broker::Embedded(port), &entries))
-        .with_context(|| format!("writing {}", config.display()))?;
-    let log_path = dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-
-    let started = Instant::now();
-    let mut child = ChildGuard::spawn(
-        "the server",
-        Command::new(binary)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(["--no-mcp", "--no-tui"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log),
-    )?;
-    let result = measure_running(&mut child, port, &names, started, check_late, smoke).await;
-    let result = match result {
-        Ok(mut start) => match child.terminate(STOP_TIMEOUT).await {
-            Ok((status, stop_time)) if status.success() => {
-                start.stop_time = stop_time;
-                Ok(start)
-            }
-            Ok((status, _)) => Err(anyhow::anyhow!(
-                "the server exited with {status} after SIGTERM"
-            )),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    result.map_err(|e| e.context(format!("server log: {}", log_tail(&log_path))))
+    let mut server = ServerProcess::spawn(binary, "scale", &entries)?;
+    let mut start = measure_running(&mut server, &names, check_late, smoke)
+        .await
+        .map_err(|e| server.annotate(e))?;
+    start.stop_time = server.stop(STOP_TIMEOUT).await?;
+    Ok(start)
 }
 
 async fn measure_running(
-    child: &mut ChildGuard,
-    port: u16,
+    server: &mut ServerProcess,
     names: &[String],
-    started: Instant,
     check_late: bool,
     smoke: bool,
 ) -> anyhow::Result<Start> {
-    wait_listening(child, port, START_TIMEOUT).await?;
+    let started = server.started;
+    server.wait_listening(START_TIMEOUT).await?;
     let broker_up = started.elapsed();
-    let mut watcher = BenchClient::connect(port, "pza-bench-scale-watch").await?;
-    let topics: Vec<String> = names.iter().map(|n| status_topic(n)).collect();
-    watcher.subscribe(&topics).await?;
+    let mut watcher = BenchClient::connect(server.port, "pza-bench-scale-watch").await?;
+    // One wildcard filter, as a real client would use: one exact filter per
+    // runner would cost the broker's router O(filters × topics) on the
+    // harness's behalf (docs/benchmarks.md, "Method").
+    watcher.subscribe(&[STATUS_FILTER.to_string()]).await?;
     let remaining = START_TIMEOUT.saturating_sub(started.elapsed());
     let at = wait_all_status(&mut watcher, names, "Running", remaining).await?;
     let all_running = at.saturating_duration_since(started);
     tokio::time::sleep(Duration::from_millis(SETTLE.get(smoke) as u64)).await;
-    if let Some(status) = child.try_wait()? {
-        bail!("the server exited on its own ({status})");
-    }
+    server.check_alive()?;
     // Read before the late subscribers add their own buffers.
-    let peak_rss = peak_rss(child.id())?;
+    let peak_rss = peak_rss(server.pid())?;
     let late = if check_late {
-        Some(late_subscribers(port, names).await?)
+        Some(late_subscribers(server.port, names).await?)
     } else {
         None
     };
@@ -333,20 +306,4 @@ async fn late_subscribers(port: u16, names: &[String]) -> anyhow::Result<Vec<Lat
         });
     }
     Ok(counts)
-}
-
-/// The last lines of the server's log, for an error message.
-fn log_tail(path: &Path) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-            if tail.is_empty() {
-                "(empty)".into()
-            } else {
-                tail
-            }
-        }
-        Err(e) => format!("(unreadable: {e})"),
-    }
 }
