@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
@@ -20,35 +20,9 @@ const LOG_TAIL_LINES: usize = 5;
 /// binary when the harness itself was just built).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// A directory under the system's temporary directory, removed when dropped.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(label: &str) -> anyhow::Result<TempDir> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "pza-bench-{label}-{}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
+/// The harness's folders (configs, logs): the workspace's one temp-folder
+/// guard, removed when dropped.
+pub use pza_toolkit::temp::TempDir;
 
 /// A child process, killed when dropped if it is still running.
 pub struct ChildGuard {

@@ -106,12 +106,6 @@ pub fn resolve_with_config(
     Ok((options, file))
 }
 
-/// The options by which `run` reaches its own broker (for its terminal UI):
-/// the config's broker section alone, as if no flag were given.
-pub fn for_broker(broker: &BrokerConfig, timeout: Duration) -> anyhow::Result<ClientOptions> {
-    merge(&ConnectArgs::default(), None, Some(broker), timeout)
-}
-
 /// The options of a client of the server's own broker (the MCP server and
 /// the TUI inside `run`): the config's broker section alone.
 pub fn own_broker(broker: &BrokerConfig, timeout: Duration) -> anyhow::Result<ClientOptions> {
@@ -127,7 +121,7 @@ fn merge(
 ) -> anyhow::Result<ClientOptions> {
     let (host, port) = match (&args.broker, file) {
         (Some(broker), _) => parse_broker(broker)?,
-        (None, Some(file)) => (client_host(&file.tcp.addr), file.tcp.port),
+        (None, Some(file)) => (config::client_host(&file.tcp.addr), file.tcp.port),
         (None, None) => (DEFAULT_HOST.to_owned(), DEFAULT_PORT),
     };
     let mut options = ClientOptions::new(host, port).timeout(timeout);
@@ -191,16 +185,6 @@ fn parse_broker(text: &str) -> anyhow::Result<(String, u16)> {
         .filter(|p| *p != 0)
         .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
     Ok((host.to_owned(), port))
-}
-
-/// The address a client uses for a broker bound to `addr`: a wildcard bind
-/// address is reached on the loopback.
-fn client_host(addr: &str) -> String {
-    match addr {
-        "0.0.0.0" => "127.0.0.1".into(),
-        "::" | "[::]" => "::1".into(),
-        other => other.into(),
-    }
 }
 
 #[cfg(test)]

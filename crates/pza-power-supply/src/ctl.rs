@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use pza_power_supply_client::{Change, Client, Error, InfoReport as Info, Snapshot, Update};
+use pza_power_supply_client::{
+    Change, Client, Error, InfoReport as Info, Snapshot, Update, DEFAULT_TIMEOUT,
+};
 use serde_json::{json, Map, Value};
 
 use crate::connect::{self, ConnectArgs, Environment};
@@ -31,7 +33,7 @@ pub struct CtlArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// The time allowed to connect, and for each reply
-    #[arg(long, value_name = "MS", default_value_t = 5000, global = true)]
+    #[arg(long, value_name = "MS", default_value_t = crate::cli::millis(DEFAULT_TIMEOUT), global = true)]
     pub timeout_ms: u64,
     /// Machine-readable output: one JSON object (JSON lines for `watch`)
     #[arg(long, global = true)]

@@ -5,7 +5,8 @@
 //! topics; a runner that panics or fails is restarted under a backoff policy.
 //!
 //! ## Layout
-//! - [`config`]: the config file, loaded and checked into a [`config::ServerConfig`].
+//! - [`config`]: the config file, loaded, checked and resolved once into a
+//!   [`config::ServerConfig`] and its [`config::Plan`], which the server starts from.
 //! - [`protocol`]: the MQTT contract (topics, payloads), pure code: the
 //!   `pza-power-supply-protocol` crate, shared with the client library.
 //! - [`drivers`]: the `PowerSupplyDriver` trait, the `DriverFactory` and the models.

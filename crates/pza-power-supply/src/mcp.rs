@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::config::{BrokerConfig, McpConfig};
 use crate::connect::{self, ConnectArgs, Environment};
 use crate::drivers::DriverFactory;
 
@@ -34,7 +34,7 @@ pub struct McpArgs {
     #[arg(long, value_name = "NAME")]
     pub device: Option<String>,
     /// The time allowed to connect, and for each reply
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = crate::cli::millis(DEFAULT_TIMEOUT))]
     pub timeout_ms: u64,
 }
 
@@ -48,10 +48,12 @@ pub async fn stdio(args: McpArgs, factory: &DriverFactory) -> anyhow::Result<Exi
         Some(name) => Scope::One(name),
         None => Scope::All,
     };
+    // Without a signal handler the assistant's stdin closing still ends it.
+    let signals = crate::cli::Signals::new().ok();
     let signal = async {
-        // Without a signal handler the assistant's stdin closing still ends it.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+        match signals {
+            Some(mut signals) => signals.recv().await,
+            None => std::future::pending::<()>().await,
         }
     };
     pza_power_supply_mcp::serve_stdio(client, scope, signal).await?;
@@ -65,16 +67,16 @@ pub struct McpHttp {
 }
 
 impl McpHttp {
-    /// Binds `mcp.host:mcp.port` now (a port in use is an error at start-up)
-    /// and serves once the client reaches the server's broker, until
-    /// `shutdown` is cancelled.
+    /// Binds `bind` (`mcp.host:mcp.port`, resolved at config load) now (a
+    /// port in use is an error at start-up) and serves once the client
+    /// reaches the server's broker, until `shutdown` is cancelled.
     pub async fn start(
-        config: &ServerConfig,
+        bind: SocketAddr,
+        mcp: &McpConfig,
+        broker: &BrokerConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<McpHttp> {
-        let mcp = &config.mcp;
-        let bind = format!("{}:{}", bracketed(&mcp.host), mcp.port);
-        let listener = TcpListener::bind(&bind)
+        let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("mcp: cannot listen on {bind}: {e}"))?;
         let addr = listener
@@ -86,7 +88,7 @@ impl McpHttp {
             &mcp.allowed_origins,
             mcp.token.clone(),
         );
-        let options = connect::own_broker(&config.broker, DEFAULT_TIMEOUT)?;
+        let options = connect::own_broker(broker, DEFAULT_TIMEOUT)?;
         let task = tokio::spawn(async move {
             let Some(client) = connect_until(options, &shutdown).await else {
                 return;
@@ -131,14 +133,5 @@ async fn connect_until(options: ClientOptions, shutdown: &CancellationToken) -> 
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(BROKER_RETRY) => {}
         }
-    }
-}
-
-/// An IPv6 address in brackets, for `host:port`.
-fn bracketed(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
     }
 }

@@ -8,8 +8,9 @@ mod mosquitto;
 
 use std::path::{Path, PathBuf};
 
-use mosquitto::{temp_dir, TestCerts};
+use mosquitto::TestCerts;
 use pza_power_supply::config::{self, ConfigPath, ServerConfig};
+use pza_toolkit::temp::TempDir;
 
 fn load(path: &Path) -> Result<ServerConfig, String> {
     let (factory, _) = common::factory();
@@ -127,8 +128,8 @@ fn cases(dir: &Path) -> Vec<Case> {
 
 #[test]
 fn every_bad_config_file_is_one_line_naming_file_key_and_reason() {
-    let dir = temp_dir("bad-config");
-    let cases = cases(&dir);
+    let dir = TempDir::new("bad-config").expect("a temp folder");
+    let cases = cases(dir.path());
     assert!(cases.len() >= 15);
     let mut wrong = Vec::new();
     for (n, case) in cases.iter().enumerate() {
@@ -154,12 +155,11 @@ fn every_bad_config_file_is_one_line_naming_file_key_and_reason() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn tls_paths_are_taken_from_the_config_folder() {
-    let dir = temp_dir("tls-config");
+    let dir = TempDir::new("tls-config").expect("a temp folder");
     let certs_dir = dir.join("certs");
     std::fs::create_dir_all(&certs_dir).expect("mkdir");
     TestCerts::generate().write(&certs_dir);
@@ -175,18 +175,17 @@ fn tls_paths_are_taken_from_the_config_folder() {
     assert_eq!(tls.client_cert_file, Some(certs_dir.join("client.pem")));
     assert_eq!(tls.client_key_file, Some(certs_dir.join("client.key")));
     assert!(!config.broker.use_builtin);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn the_binary_refuses_a_bad_tls_file_before_starting() {
-    let dir = temp_dir("tls-cli");
+    let dir = TempDir::new("tls-cli").expect("a temp folder");
     let path: PathBuf = dir.join("config.json5");
     std::fs::write(&path, tls_config(r#"ca_file: "nowhere/ca.pem""#)).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pza-power-supply"))
         .args(["run", "--config"])
         .arg(&path)
-        .env("HOME", &dir)
+        .env("HOME", dir.path())
         .output()
         .expect("the binary runs");
     assert!(!out.status.success());
@@ -207,5 +206,4 @@ fn the_binary_refuses_a_bad_tls_file_before_starting() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(entries, vec![std::ffi::OsString::from("config.json5")]);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,26 +3,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use common::{Client, WAIT};
 use pza_toolkit::mqtt::probe_free_port;
+use pza_toolkit::temp::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pza-power-supply");
 
-/// A fresh folder under the system temp folder.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pza-ps-test-{tag}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
+fn write_config(dir: &TempDir, text: &str) -> PathBuf {
     let path = dir.join("config.json5");
     std::fs::write(&path, text).unwrap();
     path
@@ -60,28 +49,38 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-/// Waits for the child to exit, at most `WAIT`.
-async fn exit_status(mut child: Child) -> (std::process::ExitStatus, String) {
-    let status = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits for the child to exit, at most `WAIT` (then kills it), and reads
+/// what it wrote on stderr.
+async fn exit_status(mut child: Child) -> (ExitStatus, String) {
+    let pid = child.id().to_string();
+    let pipe = child.stderr.take();
+    // std's blocking `wait`, on a thread of its own: the exit itself is the
+    // event waited for. The pipe is read to its end there first, so that a
+    // talkative child never blocks on a full pipe.
+    let exited = tokio::task::spawn_blocking(move || {
+        let mut err = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
         }
-    })
-    .await
-    .expect("the server exits");
-    let mut err = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut err).unwrap();
+        (child.wait(), err)
+    });
+    match tokio::time::timeout(WAIT, exited).await {
+        Ok(Ok((Ok(status), err))) => (status, err),
+        Ok(Ok((Err(e), _))) => panic!("cannot wait for the server: {e}"),
+        Ok(Err(e)) => panic!("the waiting thread failed: {e}"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the server did not exit within {WAIT:?}");
+        }
     }
-    (status, err)
 }
 
 #[test]
 fn version_prints_name_and_version() {
-    let out = run(&["version"], &temp_dir("version"));
+    let out = run(
+        &["version"],
+        TempDir::new("version").expect("a temp folder").path(),
+    );
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -91,8 +90,8 @@ fn version_prints_name_and_version() {
 
 #[test]
 fn list_drivers_needs_no_config() {
-    let home = temp_dir("drivers");
-    let out = run(&["list", "--drivers"], &home);
+    let home = TempDir::new("drivers").expect("a temp folder");
+    let out = run(&["list", "--drivers"], home.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("emulator: Virtual power supply"), "{text}");
@@ -104,8 +103,8 @@ fn list_drivers_needs_no_config() {
 
 #[test]
 fn the_default_config_is_written_on_first_use_only_at_the_default_path() {
-    let home = temp_dir("default");
-    let out = run(&["list", "--runners"], &home);
+    let home = TempDir::new("default").expect("a temp folder");
+    let out = run(&["list", "--runners"], home.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("emulator: model emulator, \"Virtual supply\""));
@@ -115,7 +114,7 @@ fn the_default_config_is_written_on_first_use_only_at_the_default_path() {
     let missing = home.join("nowhere.json5");
     let out = run(
         &["list", "--runners", "--config", missing.to_str().unwrap()],
-        &home,
+        home.path(),
     );
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -126,14 +125,14 @@ fn the_default_config_is_written_on_first_use_only_at_the_default_path() {
 
 #[test]
 fn the_config_path_comes_from_the_environment_too() {
-    let home = temp_dir("env");
+    let home = TempDir::new("env").expect("a temp folder");
     let config = write_config(
         &home,
         r#"{ runners: { "from-env": { model: "emulator" } } }"#,
     );
     let out = Command::new(BIN)
         .args(["list", "--runners"])
-        .env("HOME", &home)
+        .env("HOME", home.path())
         .env("PZA_POWER_SUPPLY_CONFIG", &config)
         .output()
         .unwrap();
@@ -143,12 +142,12 @@ fn the_config_path_comes_from_the_environment_too() {
 
 #[test]
 fn a_bad_config_is_one_line_naming_file_key_and_reason() {
-    let home = temp_dir("bad");
+    let home = TempDir::new("bad").expect("a temp folder");
     let config = write_config(
         &home,
         r#"{ runners: { psu: { model: "emulator", security_max_voltage: 31 } } }"#,
     );
-    let out = run(&["run", "--config", config.to_str().unwrap()], &home);
+    let out = run(&["run", "--config", config.to_str().unwrap()], home.path());
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -160,14 +159,14 @@ fn a_bad_config_is_one_line_naming_file_key_and_reason() {
 
 #[test]
 fn a_port_in_use_is_one_line_and_non_zero() {
-    let home = temp_dir("port");
+    let home = TempDir::new("port").expect("a temp folder");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let config = write_config(
         &home,
         &format!("{{ broker: {{ tcp: {{ port: {port} }} }}, runners: {{}} }}"),
     );
-    let out = run(&["run", "--config", config.to_str().unwrap()], &home);
+    let out = run(&["run", "--config", config.to_str().unwrap()], home.path());
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -179,7 +178,7 @@ fn a_port_in_use_is_one_line_and_non_zero() {
 
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_stopped_is_the_last_status() {
-    let home = temp_dir("sigterm");
+    let home = TempDir::new("sigterm").expect("a temp folder");
     let port = probe_free_port().unwrap();
     let config = write_config(
         &home,
@@ -220,7 +219,7 @@ async fn sigterm_stops_cleanly_and_stopped_is_the_last_status() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once_with_130() {
-    let home = temp_dir("second");
+    let home = TempDir::new("second").expect("a temp folder");
     let port = probe_free_port().unwrap();
     let config = write_config(
         &home,

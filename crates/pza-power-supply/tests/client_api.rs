@@ -11,6 +11,11 @@ use pza_power_supply_client::{Change, Client, ClientOptions, Error, Status};
 use served::{free_port, wait_running, wait_status, Served, WAIT};
 use tokio::task::JoinSet;
 
+/// The client library tells its connection state only when asked
+/// (`is_connected`, no event): asked this often while waiting for a change,
+/// up to the wait's bound.
+const CONNECTED_POLL: Duration = Duration::from_millis(10);
+
 const TWO: &str = r#"a: { model: "emulator", measure_period_ms: 0, description: "first" },
                      b: { model: "emulator", measure_period_ms: 0, security_max_voltage: 12 }"#;
 
@@ -292,7 +297,7 @@ async fn the_client_reconnects_and_resubscribes_after_the_broker_comes_back() {
     // The client notices the loss on its own (the socket closes).
     tokio::time::timeout(WAIT, async {
         while client.is_connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(CONNECTED_POLL).await;
         }
     })
     .await

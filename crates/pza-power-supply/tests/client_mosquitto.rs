@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use mosquitto::{ExternalServer, Listener, Mosquitto, TestCerts};
 use pza_power_supply_client::{Client, ClientOptions, Error, Status};
+use pza_toolkit::temp::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pza-power-supply");
 const RUNNERS: &str = r#"psu: { model: "emulator", measure_period_ms: 0 }"#;
@@ -57,7 +58,7 @@ async fn credentials_tls_and_a_refused_login() {
     ])
     .await;
     let (plain, auth, tls) = (broker.ports[0], broker.ports[1], broker.ports[2]);
-    let files = certs.write(&broker.dir);
+    let files = certs.write(broker.dir.path());
     let server = ExternalServer::start(plain, "", RUNNERS, "").await;
 
     let options = |port: u16| ClientOptions::new("127.0.0.1", port).timeout(common::WAIT);
@@ -85,14 +86,14 @@ async fn credentials_tls_and_a_refused_login() {
         1.5
     );
 
-    let home = mosquitto::temp_dir("ctl-home");
+    let home = TempDir::new("ctl-home").expect("a temp folder");
     let ctl = |port: u16, args: &[&str]| {
         let mut c = Command::new(BIN);
         c.arg("ctl")
             .arg("--broker")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
-            .env("HOME", &home)
+            .env("HOME", home.path())
             .env_remove("PZA_POWER_SUPPLY_CONFIG")
             .env_remove("PZA_MQTT_PASSWORD");
         c
@@ -136,7 +137,6 @@ async fn credentials_tls_and_a_refused_login() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(home);
     let took = server.stop().await;
     assert!(took < Duration::from_secs(10));
 }

@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 
 use pza_power_supply_client::{Change, Status};
+use pza_toolkit::temp::TempDir;
 use serde_json::Value;
-use served::{free_port, temp_dir, wait_running, Served, BIN, WAIT};
+use served::{free_port, wait_running, Served, BIN, WAIT};
 
 const RUNNERS: &str = r#"psu: { model: "emulator", measure_period_ms: 0, description: "bench" },
                          low: { model: "emulator", measure_period_ms: 0, security_max_voltage: 12 }"#;
@@ -193,12 +194,12 @@ async fn an_unknown_device_exits_3_saying_the_device_did_not_answer() {
 #[tokio::test]
 async fn an_unreachable_broker_exits_3_naming_the_broker() {
     let port = free_port();
-    let home = temp_dir("ctl-home");
+    let home = TempDir::new("ctl-home").expect("a temp folder");
     let out = std::process::Command::new(BIN)
         .args(["ctl", "--timeout-ms", "300", "--broker"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("list")
-        .env("HOME", &home)
+        .env("HOME", home.path())
         .env_remove("PZA_POWER_SUPPLY_CONFIG")
         .output()
         .unwrap();
@@ -212,7 +213,6 @@ async fn an_unreachable_broker_exits_3_naming_the_broker() {
     );
     // ctl never writes the default config file.
     assert!(!home.join(".panduza").exists());
-    let _ = std::fs::remove_dir_all(home);
 }
 
 #[tokio::test]
@@ -253,14 +253,14 @@ async fn the_broker_and_namespace_come_from_the_config_file() {
         .unwrap();
     wait_running(&client, "psu").await;
     // The default config path, under HOME: the server's own config.
-    let home = temp_dir("ctl-config");
+    let home = TempDir::new("ctl-config").expect("a temp folder");
     std::fs::create_dir_all(home.join(".panduza")).unwrap();
     std::fs::copy(&served.config, home.join(".panduza/pza-power-supply.json5")).unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(BIN)
             .arg("ctl")
             .args(args)
-            .env("HOME", &home)
+            .env("HOME", home.path())
             .env_remove("PZA_POWER_SUPPLY_CONFIG")
             .output()
             .unwrap()
@@ -271,7 +271,6 @@ async fn the_broker_and_namespace_come_from_the_config_file() {
     // A flag beats the file: no such namespace, nothing listed.
     let out = run(&["--namespace", "elsewhere", "list"]);
     assert_eq!((out.status.code(), stdout(&out)), (Some(0), String::new()));
-    let _ = std::fs::remove_dir_all(home);
 }
 
 async fn next(lines: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
@@ -424,14 +423,14 @@ async fn the_readme_ctl_commands_work_as_written() {
     let served = Served::start(r#"emulator: { model: "emulator" }"#);
     let client = served.client().await;
     wait_running(&client, "emulator").await;
-    let home = temp_dir("ctl-readme");
+    let home = TempDir::new("ctl-readme").expect("a temp folder");
     std::fs::create_dir_all(home.join(".panduza")).unwrap();
     std::fs::copy(&served.config, home.join(".panduza/pza-power-supply.json5")).unwrap();
     let command = |args: &[String]| {
         let mut c = std::process::Command::new(BIN);
         c.arg("ctl")
             .args(args)
-            .env("HOME", &home)
+            .env("HOME", home.path())
             .env_remove("PZA_POWER_SUPPLY_CONFIG");
         c
     };
@@ -479,5 +478,4 @@ async fn the_readme_ctl_commands_work_as_written() {
             assert!(README.contains(line), "{args:?}: README lacks {line:?}");
         }
     }
-    let _ = std::fs::remove_dir_all(home);
 }

@@ -7,8 +7,9 @@ mod mosquitto;
 
 use std::time::Duration;
 
-use common::{is_server_id, Client, Message, WAIT};
+use common::{is_server_id, Client, LogCapture, Message, WAIT};
 use mosquitto::{ExternalServer, Listener, Mosquitto, TestCerts};
+use pza_toolkit::temp::TempDir;
 use serde_json::{json, Value};
 
 const EMU: &str = r#"model: "emulator", measure_period_ms: 0"#;
@@ -63,6 +64,18 @@ async fn owner_of(port: u16, runner: &str) -> Option<String> {
         .await
         .first()
         .and_then(|m| m.json()["instance"].as_str().map(str::to_string))
+}
+
+/// Waits until the server's MQTT connection, which all its runners share,
+/// has seen the broker go away and has then failed to reconnect once: from
+/// the loss on, whatever the runners publish is queued for the
+/// reconnection, and the failed attempt shows the outage lasted at least
+/// one reconnection delay. The connection's client id is the server
+/// instance, `pza-ps-<hex>`.
+async fn wait_outage_seen(logs: &mut LogCapture) {
+    logs.wait_for(&["MQTT connection lost", "pza-ps-"], 1).await;
+    logs.wait_for(&["MQTT reconnection failed", "pza-ps-"], 1)
+        .await;
 }
 
 /// Sends a voltage command and returns the one reply.
@@ -139,7 +152,7 @@ async fn tls_with_a_ca_and_a_client_certificate() {
         },
     ])
     .await;
-    let files = certs.write(&broker.dir);
+    let files = certs.write(broker.dir.path());
     let with_client_cert = ExternalServer::start(
         broker.ports[1],
         &format!(
@@ -243,6 +256,7 @@ impl WaitAll for Client {
 #[tokio::test]
 async fn after_a_broker_outage_every_runner_comes_back_without_a_restart() {
     const N: usize = 10;
+    let mut logs = LogCapture::install();
     let mut broker = Mosquitto::plain().await;
     let names: Vec<String> = (0..N).map(|i| format!("psu{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -268,9 +282,9 @@ async fn after_a_broker_outage_every_runner_comes_back_without_a_restart() {
     }
 
     broker.kill();
-    // The runners notice and go on measuring into the void; give them a
-    // few measurement periods of outage, bounded by the mosquitto restart.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The runners notice and go on measuring into the void (every 20 ms)
+    // while they try to reconnect.
+    wait_outage_seen(&mut logs).await;
     broker.restart().await;
 
     // mosquitto kept nothing (no persistence): what a client sees now was
@@ -358,6 +372,7 @@ async fn running_after_an_outage_means_the_runner_takes_commands() {
 
 #[tokio::test]
 async fn shutdown_during_an_outage_stays_within_the_shutdown_timeout() {
+    let mut logs = LogCapture::install();
     let mut broker = Mosquitto::plain().await;
     let server = ExternalServer::start(
         broker.port(),
@@ -375,8 +390,9 @@ async fn shutdown_during_an_outage_stays_within_the_shutdown_timeout() {
         c.wait_all_status(&["a", "b", "c"], "Running").await;
     }
     broker.kill();
-    // Long enough for a few hundred publishes into the outage queue.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Shut down once the runners have publishes queued for a reconnection
+    // that will not come (measurements every 10 ms since the loss).
+    wait_outage_seen(&mut logs).await;
     let took = server.stop().await;
     assert!(
         took < Duration::from_millis(2000),
@@ -499,7 +515,7 @@ async fn a_vanished_server_is_offline_through_its_last_will() {
     let mut c = Client::connect(port).await;
     c.subscribe("pza-power-supply/servers/+").await;
     // A server in a child process, killed without a chance to clean up.
-    let dir = mosquitto::temp_dir("will");
+    let dir = TempDir::new("will").expect("a temp folder");
     let config = dir.join("config.json5");
     std::fs::write(
         &config,
@@ -509,7 +525,7 @@ async fn a_vanished_server_is_offline_through_its_last_will() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pza-power-supply"))
         .args(["run", "--config"])
         .arg(&config)
-        .env("HOME", &dir)
+        .env("HOME", dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -529,7 +545,6 @@ async fn a_vanished_server_is_offline_through_its_last_will() {
     assert!(gone.payload.is_empty());
     let left = retained(port, "pza-power-supply/servers/+").await;
     assert!(left.is_empty(), "{left:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Waiting on raw messages (payloads that may be empty or not JSON).

@@ -264,8 +264,7 @@ async fn a_stopped_simulator_is_an_io_error_or_timeout() {
 
 #[tokio::test]
 async fn the_link_gives_a_stable_path_and_is_removed_at_stop() {
-    let dir = std::env::temp_dir().join(format!("pza-kd3005p-link-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = pza_toolkit::temp::TempDir::new("kd3005p-link").expect("a temp folder");
     let link = dir.join("kd3005p");
     let sim = simulator(SimulatorOptions {
         link: Some(link.clone()),
@@ -278,5 +277,7 @@ async fn the_link_gives_a_stable_path_and_is_removed_at_stop() {
     drop(d);
     sim.stop().await.unwrap();
     assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
-    std::fs::remove_dir(&dir).unwrap();
+    // Only the link was in the folder, and it is gone.
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("the folder").collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Client;
+use pza_toolkit::temp::TempDir;
 use serde_json::Value;
 
 const RUNNERS: usize = 10;
@@ -31,14 +32,14 @@ const ROUND_LIMIT: Duration = Duration::from_secs(40);
 
 struct ServerProcess {
     child: Child,
-    dir: std::path::PathBuf,
+    /// Its config; removed after the process is killed (fields drop last).
+    _dir: TempDir,
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -99,7 +100,7 @@ async fn round(c: &mut Client, tag: &str) -> Duration {
 async fn ten_thousand_commands_one_reply_each_in_order_and_memory_comes_back() {
     let broker = mosquitto::Mosquitto::plain().await;
     let port = broker.port();
-    let dir = mosquitto::temp_dir("load");
+    let dir = TempDir::new("load").expect("a temp folder");
     let runners: String = (0..RUNNERS)
         .map(|i| format!(r#"psu{i}: {{ model: "emulator", measure_period_ms: 0 }},"#))
         .collect();
@@ -109,13 +110,13 @@ async fn ten_thousand_commands_one_reply_each_in_order_and_memory_comes_back() {
     let child = Command::new(env!("CARGO_BIN_EXE_pza-power-supply"))
         .args(["run", "--config"])
         .arg(&config)
-        .env("HOME", &dir)
+        .env("HOME", dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("the server starts");
-    let server = ServerProcess { child, dir };
+    let server = ServerProcess { child, _dir: dir };
     let pid = server.child.id();
 
     let mut status = Client::connect(port).await;

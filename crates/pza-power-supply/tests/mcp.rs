@@ -12,6 +12,7 @@ use common::{TestServer, WAIT};
 use pza_power_supply_client::{Client, ClientOptions, Status};
 use pza_power_supply_mcp::{PowerSupplyTools, Scope};
 use pza_toolkit::mqtt::probe_free_port;
+use pza_toolkit::temp::TempDir;
 use rmcp::ServiceExt as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
@@ -675,8 +676,7 @@ fn mcp_config_keys_are_checked() {
 
 #[test]
 fn list_mcps_prints_the_urls() {
-    let dir = std::env::temp_dir().join(format!("pza-mcp-list-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("mcp-list").expect("a temp folder");
     let path = dir.join("config.json5");
     std::fs::write(
         &path,
@@ -695,5 +695,4 @@ fn list_mcps_prints_the_urls() {
         out,
         "mcps:\n  http://127.0.0.1:50051/mcp\n  http://127.0.0.1:50051/power-supply/other\n  http://127.0.0.1:50051/power-supply/psu\n"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -86,9 +86,11 @@ fn simulate_scpi_refuses_an_unknown_model() {
 
 #[test]
 fn list_drivers_shows_the_scpi_models() {
+    // A HOME of its own: nothing is written, and if it were, not in /tmp.
+    let home = pza_toolkit::temp::TempDir::new("scpi-drivers").expect("a temp folder");
     let out = Command::new(BIN)
         .args(["list", "--drivers"])
-        .env("HOME", std::env::temp_dir())
+        .env("HOME", home.path())
         .env_remove("PZA_POWER_SUPPLY_CONFIG")
         .output()
         .unwrap();

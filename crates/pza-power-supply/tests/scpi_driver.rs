@@ -21,6 +21,10 @@ const DRIVER_PACING_MS: u64 = 30;
 /// Upper bound for any wait on real I/O: it only turns a hang into a failure.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The simulator gives no notice when it serves new connections again
+/// (after the last driver's closed): it is tried this often, up to `WAIT`.
+const ACCEPT_POLL: Duration = Duration::from_millis(10);
+
 async fn simulator(profile: &'static Profile) -> ScpiSimulator {
     let mut options = ScpiSimulatorOptions::new(profile);
     if !options.drop_window.is_zero() {
@@ -216,7 +220,7 @@ async fn channels_of_one_instrument_share_one_connection() {
                 return probe;
             }
             // Refused: the simulator has not seen the close yet.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(ACCEPT_POLL).await;
         }
     })
     .await

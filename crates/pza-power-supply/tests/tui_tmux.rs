@@ -10,16 +10,21 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{TestServer, WAIT};
+use pza_toolkit::temp::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pza-power-supply");
 
-/// How often the screen is read while waiting for something to appear.
+/// How often the screen (or the exit-status file) is read while waiting for
+/// something to appear: neither tmux nor the shell gives notice of a change.
+/// The waits are bounded by `WAIT`.
 const POLL: Duration = Duration::from_millis(100);
 
 /// A tmux server of its own (`tmux -L`), killed with everything in it on drop.
 struct Tmux {
     socket: String,
-    dir: PathBuf,
+    /// HOME of the UI, and its exit status; removed after the tmux server
+    /// is killed (fields drop after `drop`).
+    dir: TempDir,
 }
 
 impl Tmux {
@@ -29,8 +34,7 @@ impl Tmux {
             std::process::id(),
             rand::random::<u32>()
         );
-        let dir = std::env::temp_dir().join(&socket);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("tui").expect("a temp folder");
         Tmux { socket, dir }
     }
 
@@ -106,7 +110,6 @@ impl Drop for Tmux {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -130,7 +133,7 @@ async fn the_tui_shows_the_runners_toggles_output_shows_refusals_and_quits() {
     // A home without a config file: the flags alone say where the server is.
     let command = format!(
         "env -u PZA_POWER_SUPPLY_CONFIG -u RUST_LOG HOME={home} {bin} tui --broker 127.0.0.1:{port}; echo $? > {status}",
-        home = shell_quote(&tmux.dir),
+        home = shell_quote(tmux.dir.path()),
         bin = shell_quote(Path::new(BIN)),
         port = server.port,
         status = shell_quote(&tmux.status_file()),
@@ -228,7 +231,7 @@ async fn run_shows_the_tui_with_its_logs_in_the_pane_and_q_shuts_down() {
     .unwrap();
     let command = format!(
         "env -u PZA_POWER_SUPPLY_CONFIG -u RUST_LOG HOME={home} {bin} run --config {config}; echo $? > {status}",
-        home = shell_quote(&tmux.dir),
+        home = shell_quote(tmux.dir.path()),
         bin = shell_quote(Path::new(BIN)),
         config = shell_quote(&config),
         status = shell_quote(&tmux.status_file()),

@@ -10,8 +10,11 @@
 //!   to an external broker, and a reconnecting client connection (`link`).
 //! - [`config`]: JSON5 files read with file, key-path and line/column errors;
 //!   a key given twice in an object is refused (found by `json5_keys`).
+//! - [`temp`]: a temporary folder removed when its guard is dropped (tests
+//!   and the benchmark harness).
 
 pub mod config;
 mod json5_keys;
 pub mod mqtt;
 pub mod task_monitor;
+pub mod temp;

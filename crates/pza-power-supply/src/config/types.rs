@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use pza_toolkit::mqtt::TlsFiles;
 use serde::Deserialize;
 
-use super::RestartSettings;
+use super::{Plan, RestartSettings};
 use crate::drivers::DriverSettings;
 
-/// The whole server configuration, checked.
-#[derive(Debug, Clone, PartialEq)]
+/// The whole server configuration, checked: the sections as written, and
+/// the [`Plan`] resolved from them, which the server starts from.
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The file it came from, for messages.
     pub source: PathBuf,
@@ -21,6 +22,8 @@ pub struct ServerConfig {
     pub restart: RestartSettings,
     pub shutdown_timeout_ms: u64,
     pub runners: BTreeMap<String, RunnerConfig>,
+    /// The same, resolved once at load.
+    pub plan: Plan,
 }
 
 pub(super) const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5000;

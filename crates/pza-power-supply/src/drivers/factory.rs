@@ -50,9 +50,12 @@ impl DriverFactory {
         self.models.values().map(|m| m.manifest().clone()).collect()
     }
 
-    /// The model names, ordered, for error messages.
-    pub fn model_names(&self) -> Vec<&'static str> {
-        self.models.keys().copied().collect()
+    /// The model called `name`, or an error listing the models there are.
+    pub fn find(&self, name: &str) -> Result<Arc<dyn DriverModel>, UnknownModel> {
+        self.model(name).ok_or_else(|| UnknownModel {
+            name: name.to_string(),
+            available: self.models.keys().copied().collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Builds a fresh driver of `model` for `runner`.
@@ -62,15 +65,18 @@ impl DriverFactory {
         model: &str,
         settings: &DriverSettings,
     ) -> Result<Box<dyn PowerSupplyDriver>, DriverError> {
-        let found = self.model(model).ok_or_else(|| {
-            DriverError::new(
-                super::ErrorKind::Config,
-                format!(
-                    "unknown model '{model}' (available: {})",
-                    self.model_names().join(", ")
-                ),
-            )
-        })?;
+        let found = self
+            .find(model)
+            .map_err(|e| DriverError::new(super::ErrorKind::Config, e.to_string()))?;
         found.instantiate(runner, settings)
     }
+}
+
+/// A model name the factory does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model \"{name}\" (available: {available})")]
+pub struct UnknownModel {
+    pub name: String,
+    /// The known model names, comma-separated.
+    pub available: String,
 }

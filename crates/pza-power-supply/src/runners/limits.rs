@@ -2,11 +2,11 @@
 //! checked against the runner's limits, before any driver call, whatever
 //! interface the request came from.
 
-use crate::config::SecurityLimitsConfig;
-use crate::drivers::{Amps, DriverManifest, Range, Volts};
+use crate::drivers::{Amps, Range, Volts};
 use crate::protocol::Request;
 
-/// Resolved security limits of one runner.
+/// Resolved security limits of one runner (the config check fills in the
+/// model's bound for any left out).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SecurityLimits {
     pub voltage: Range,
@@ -14,20 +14,6 @@ pub struct SecurityLimits {
 }
 
 impl SecurityLimits {
-    /// The configured limits, with the model's range for any bound left out.
-    pub fn resolve(config: &SecurityLimitsConfig, manifest: &DriverManifest) -> Self {
-        SecurityLimits {
-            voltage: Range::new(
-                config.min_voltage.unwrap_or(manifest.voltage_range.min),
-                config.max_voltage.unwrap_or(manifest.voltage_range.max),
-            ),
-            current: Range::new(
-                config.min_current.unwrap_or(manifest.current_range.min),
-                config.max_current.unwrap_or(manifest.current_range.max),
-            ),
-        }
-    }
-
     /// Lets `request` through, or says which limit it breaks. Values are
     /// rejected, never clamped.
     pub fn check(&self, request: Request) -> Result<Request, String> {

@@ -1,5 +1,6 @@
-//! Shared test helpers: a server on a free port with the embedded broker, and
-//! a real MQTT client that waits for messages (never for fixed delays).
+//! Shared test helpers: a server on a free port with the embedded broker, a
+//! real MQTT client that waits for messages (never for fixed delays), and the
+//! log events of the server under test, to wait for one of them.
 
 #![allow(dead_code)]
 
@@ -19,6 +20,15 @@ use tokio::sync::{mpsc, Mutex};
 /// Upper bound for any single wait in tests: far above any normal latency,
 /// it only turns a hang into a failure.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The test client's pause before its event loop tries the broker again:
+/// the pace of a retry (rumqttc reconnects on the next poll), not a wait
+/// for anything.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// A port gives no notice when it starts accepting connections: it is tried
+/// again this often, until the wait's own bound.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
 /// A server with the embedded broker on a free port.
 pub struct TestServer {
@@ -167,7 +177,7 @@ impl Client {
                         let _ = subacks_tx.send(());
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
                 }
             }
         });
@@ -193,7 +203,7 @@ impl Client {
             {
                 return Some(Client::connect(port).await);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(ACCEPT_POLL).await;
         }
         None
     }
@@ -327,4 +337,145 @@ pub async fn running_client(server: &TestServer, runner: &str) -> Client {
     client.subscribe(&format!("power-supply/{runner}/#")).await;
     client.wait_status(runner, "Running").await;
     client
+}
+
+/// The log events of the servers run by the current test, kept in memory so
+/// that the test can wait for one (a connection loss, a failed reconnection)
+/// instead of sleeping for a guessed time.
+///
+/// The capture is installed for the current thread only: a `#[tokio::test]`
+/// runs on one thread, and so do the tasks of the server it starts in
+/// process, so each test sees its own server's events and no other test's.
+pub struct LogCapture {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    /// How many events were captured; wakes the waiters.
+    events: tokio::sync::watch::Receiver<usize>,
+    _installed: tracing::subscriber::DefaultGuard,
+}
+
+/// The process-wide subscriber of a test binary that captures logs: it
+/// records nothing, and answers "ask each time" for every call site.
+///
+/// Without it, tracing caches a call site's interest from the dispatchers
+/// alive when the site is first reached; with a single capture alive (on
+/// another test's thread), a site first reached by a test without a capture
+/// would be cached as "never", and its events lost to every later capture.
+struct AskEachTime;
+
+impl tracing::Subscriber for AskEachTime {
+    fn register_callsite(&self, _: &tracing::Metadata<'_>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        // No level is filtered out before a thread's own subscriber is asked.
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        // Never called: `enabled` is false.
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Formats each event into one line: level, target, message and fields.
+struct CaptureLayer {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    events: tokio::sync::watch::Sender<usize>,
+}
+
+struct LineVisitor<'a>(&'a mut String);
+
+impl tracing::field::Visit for LineVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let _ = if field.name() == "message" {
+            write!(self.0, " {value:?}")
+        } else {
+            write!(self.0, " {}={value:?}", field.name())
+        };
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        let mut line = format!("{} {}:", meta.level(), meta.target());
+        event.record(&mut LineVisitor(&mut line));
+        self.lines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(line);
+        self.events.send_modify(|n| *n += 1);
+    }
+}
+
+impl LogCapture {
+    /// Captures every event (all levels) of this thread until dropped.
+    pub fn install() -> LogCapture {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            // Refused only if this test binary set a global subscriber of its
+            // own; any global one keeps the interest cache asking each capture.
+            let _ = tracing::subscriber::set_global_default(AskEachTime);
+        });
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (events_tx, events) = tokio::sync::watch::channel(0);
+        let subscriber = tracing_subscriber::registry().with(CaptureLayer {
+            lines: lines.clone(),
+            events: events_tx,
+        });
+        LogCapture {
+            lines,
+            events,
+            _installed: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// How many lines captured so far contain every one of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.lines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until `count` lines contain every one of `needles`; woken by
+    /// each new event, and bounded by `WAIT`.
+    pub async fn wait_for(&mut self, needles: &[&str], count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            // Seen before counting: an event logged after the count wakes
+            // the wait below.
+            self.events.borrow_and_update();
+            if self.count(needles) >= count {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, self.events.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives in the subscriber this guard installed.
+                Ok(Err(_)) => panic!("the log capture ended"),
+                Err(_) => {
+                    let lines = self
+                        .lines
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .join("\n");
+                    panic!(
+                        "not logged {count} times within {WAIT:?}: {needles:?}; the log:\n{lines}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A real mosquitto broker for the tests (the Debian package; `scripts/test`
 //! installs it): started on free ports with a generated config file, killed
-//! when the guard is dropped. Also: test certificates, and servers that use
-//! an external broker.
+//! (and its folder removed) when the guard is dropped. Also: test
+//! certificates, and servers that use an external broker.
 
 #![allow(dead_code)]
 
@@ -14,10 +14,16 @@ use std::time::Duration;
 use pza_power_supply::drivers::emulator::EmulatorModel;
 use pza_power_supply::server::{Server, ServerOptions};
 use pza_toolkit::mqtt::probe_free_port;
+use pza_toolkit::temp::TempDir;
 use tokio::sync::Mutex;
 
 /// How long mosquitto may take to accept connections after it is started.
 const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// mosquitto's log is a file, which gives no notice of a new line, and its
+/// ports give none when they start accepting: both are looked at again this
+/// often while waiting for a line (or for the ports), up to the wait's bound.
+const LOG_POLL: Duration = Duration::from_millis(20);
 
 /// One listener of the broker.
 #[derive(Debug, Clone)]
@@ -34,9 +40,10 @@ pub enum Listener {
     },
 }
 
-/// A mosquitto process; killed on drop.
+/// A mosquitto process; killed on drop, and then its folder removed.
 pub struct Mosquitto {
-    pub dir: PathBuf,
+    /// Its config, log and password files; the tests may add theirs.
+    pub dir: TempDir,
     /// The port of each listener, in the order given.
     pub ports: Vec<u16>,
     conf: PathBuf,
@@ -65,17 +72,6 @@ fn running_lines(log: &str) -> usize {
     log.lines().filter(|l| l.ends_with(" running")).count()
 }
 
-/// A fresh folder under the system temp folder.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pza-{tag}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("create a temp folder");
-    dir
-}
-
 fn distinct_free_ports(n: usize) -> Vec<u16> {
     let mut ports: Vec<u16> = Vec::new();
     while ports.len() < n {
@@ -96,13 +92,12 @@ impl Mosquitto {
     /// Starts mosquitto with `listeners`, each on a free port of 127.0.0.1,
     /// and returns once every listener accepts connections.
     pub async fn start(listeners: &[Listener]) -> Mosquitto {
-        let dir = temp_dir("mosquitto");
         // A port found free may be taken by someone else before mosquitto
         // binds it (tests run in parallel): then mosquitto says so and
         // exits, and the broker is started again on other ports.
         for _ in 0..START_ATTEMPTS {
-            // A failed attempt's broker removed the folder when dropped.
-            std::fs::create_dir_all(&dir).expect("create the broker's folder");
+            // Each attempt has a folder of its own, removed with its broker.
+            let dir = TempDir::new("mosquitto").expect("a folder for the broker");
             let ports = distinct_free_ports(listeners.len());
             // mosquitto started as root drops to user `mosquitto`, which could
             // not read the files here; `user root` keeps it (ignored otherwise).
@@ -140,7 +135,7 @@ impl Mosquitto {
                         certs,
                         require_client_cert,
                     } => {
-                        let files = certs.write(&dir);
+                        let files = certs.write(dir.path());
                         conf.push_str(&format!(
                             "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
                             files.ca.display(),
@@ -155,7 +150,7 @@ impl Mosquitto {
             std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
             let mut broker = Mosquitto {
                 log: dir.join("mosquitto.log"),
-                dir: dir.clone(),
+                dir,
                 ports,
                 conf: conf_path,
                 child: None,
@@ -216,7 +211,7 @@ impl Mosquitto {
                 "mosquitto does not accept on its ports {:?} within {START_LIMIT:?}:\n{log}",
                 self.ports
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(LOG_POLL).await;
         }
     }
 
@@ -261,15 +256,15 @@ impl Mosquitto {
                 tokio::time::Instant::now() < deadline,
                 "mosquitto did not log {count} lines with {needles:?} within {limit:?}:\n{log}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(LOG_POLL).await;
         }
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        // Before the folder goes (the `dir` field, dropped after this).
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pza_power_supply_client::{Client, ClientOptions, Status};
+use pza_toolkit::temp::TempDir;
 
 /// Upper bound for any single wait: far above any normal latency, it only
 /// turns a hang into a failure.
@@ -22,21 +23,11 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// A fresh folder under the system temp folder.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pza-client-test-{tag}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// `pza-power-supply run` with the embedded broker on a free port.
 pub struct Served {
     pub port: u16,
-    pub dir: PathBuf,
+    /// Its config and log; removed with the guard.
+    pub dir: TempDir,
     pub config: PathBuf,
     child: Option<Child>,
 }
@@ -49,7 +40,7 @@ impl Served {
 
     pub fn start_with(runners: &str, broker_extra: &str) -> Served {
         let port = free_port();
-        let dir = temp_dir("served");
+        let dir = TempDir::new("served").expect("a temp folder");
         let config = dir.join("config.json5");
         std::fs::write(
             &config,
@@ -70,7 +61,7 @@ impl Served {
 
     /// Starts the server process (again, after `kill`).
     pub fn launch(&mut self) {
-        // The server's log, kept when a test fails (see Drop).
+        // The server's log, shown when a test fails (see Drop).
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -114,7 +105,7 @@ impl Served {
             .args(["--broker", &format!("127.0.0.1:{}", self.port)])
             .args(args)
             // No config file: the flags say everything.
-            .env("HOME", &self.dir)
+            .env("HOME", self.dir.path())
             .env_remove("PZA_POWER_SUPPLY_CONFIG")
             .env_remove("PZA_MQTT_PASSWORD")
             .env_remove("RUST_LOG");
@@ -125,10 +116,11 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.kill();
+        // The folder goes with the guard, so a failed test shows the log
+        // now (the test harness prints it with the failure).
         if std::thread::panicking() {
-            eprintln!("server log kept: {}", self.dir.join("server.log").display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            eprintln!("server log:\n{log}");
         }
     }
 }

@@ -132,31 +132,10 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 mod tests {
     use super::*;
 
-    /// A fresh temp folder, removed when dropped, also when a test panics.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!(
-                "pza-{tag}-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            std::fs::create_dir_all(&dir).expect("create a temp folder");
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn tls_files_are_checked() {
-        let guard = TempDir::new("tls");
-        let dir = &guard.0;
+        let guard = crate::temp::TempDir::new("tls").expect("a temp folder");
+        let dir = guard.path();
         let text = dir.join("text.pem");
         std::fs::write(&text, "not a certificate\n").unwrap();
         let files = |ca: &Path, cert: Option<&Path>, key: Option<&Path>| TlsFiles {

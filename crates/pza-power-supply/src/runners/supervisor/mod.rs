@@ -23,33 +23,29 @@ mod slot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use pza_toolkit::mqtt::{client_options, BrokerEndpoint, ClientTls};
+use pza_toolkit::mqtt::client_options;
 use pza_toolkit::task_monitor::TaskMonitor;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::mailbox::Mailboxes;
-use super::runner::RunnerSettings;
-use super::SecurityLimits;
-use crate::config::ServerConfig;
+use crate::config::{Plan, ServerConfig};
 use crate::drivers::DriverFactory;
 use crate::protocol::ownership::{owners_filter, server_topic, servers_filter, ServerRecord};
 use crate::protocol::topics::commands_filter;
-use crate::protocol::{InfoReport, Topics};
 use ownership::Claims;
 use pza_toolkit::mqtt::link::Dispatch;
 use pza_toolkit::mqtt::MqttLink;
+use shell::{Supervised, Supervisor};
+use slot::Slot;
 
 /// Most QoS 1 publishes of the server's connection waiting for their
 /// acknowledgement (rumqttc's default is 100): every runner of the server
 /// publishes on it, and a start of 1000 runners queues about 8000 messages.
 const SERVER_INFLIGHT: u16 = 1000;
-use shell::{Supervised, Supervisor};
-use slot::Slot;
 
 /// Supervises the runners. Dropping it does not stop them: call `shutdown`.
 pub struct RunnersService {
@@ -61,102 +57,47 @@ pub struct RunnersService {
 
 impl RunnersService {
     /// Instantiates a driver for every configured runner, starts the runners
-    /// and their supervisor. Errors (an unknown model, a driver that cannot
-    /// be built) name the runner, and nothing is started then. The handle
-    /// resolves when the service has stopped, after `shutdown`.
+    /// and their supervisor. A driver that cannot be built stops the start
+    /// with an error naming the runner, and nothing is started then. The
+    /// handle resolves when the service has stopped, after `shutdown`.
+    ///
+    /// The seed's signature (SPEC): the driver models are those
+    /// `server_config` was loaded with, already resolved into its plan, so
+    /// the factory is not read again.
     pub async fn start(
         server_config: ServerConfig,
-        drivers_factory: Arc<Mutex<DriverFactory>>,
+        _drivers_factory: Arc<Mutex<DriverFactory>>,
     ) -> anyhow::Result<(RunnersService, JoinHandle<anyhow::Result<()>>)> {
-        Self::start_with_shutdown(server_config, drivers_factory, CancellationToken::new()).await
+        Self::start_plan(server_config.plan, CancellationToken::new()).await
     }
 
-    /// `start`, stopping when `shutdown` is cancelled.
-    pub async fn start_with_shutdown(
-        server_config: ServerConfig,
-        drivers_factory: Arc<Mutex<DriverFactory>>,
+    /// Starts the runners of `plan`, stopping when `shutdown` is cancelled.
+    pub async fn start_plan(
+        plan: Plan,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(RunnersService, JoinHandle<anyhow::Result<()>>)> {
         let instance = format!("pza-ps-{:08x}", rand::random::<u32>());
-        let tls = match &server_config.broker.tls {
-            Some(tls) => Some(ClientTls::load(&tls.files()).context("broker.tls")?),
-            None => None,
-        };
-        let endpoint = BrokerEndpoint {
-            host: server_config.broker.tcp.addr.clone(),
-            port: server_config.broker.tcp.port,
-            username: server_config.broker.username.clone(),
-            password: server_config.broker.password.clone(),
-            tls,
-        };
-        let namespace = server_config.broker.namespace.clone();
+        let Plan {
+            endpoint,
+            namespace,
+            shutdown_timeout,
+            runners: runner_plans,
+            ..
+        } = plan;
 
         let mut runners = BTreeMap::new();
-        {
-            let factory = drivers_factory.lock().await;
-            for (name, runner) in &server_config.runners {
-                let model = factory.model(&runner.model).with_context(|| {
-                    format!(
-                        "runner '{name}': unknown model '{}' (available: {})",
-                        runner.model,
-                        factory.model_names().join(", ")
-                    )
-                })?;
-                // The ranges and decimals of the channel this runner drives.
-                let manifest = &model.runner_manifest(&runner.driver_settings);
-                let policy = server_config
-                    .restart
-                    .merged(&runner.restart)
-                    .resolve()
-                    .map_err(|(key, message)| {
-                        anyhow::anyhow!("runner '{name}': restart.{key}: {message}")
-                    })?;
-                let driver = model
-                    .instantiate(name, &runner.driver_settings)
-                    .with_context(|| {
-                        format!(
-                            "runner '{name}': cannot build its {} driver",
-                            manifest.model
-                        )
-                    })?;
-                let limits = SecurityLimits::resolve(&runner.limits, manifest);
-                let info = InfoReport {
-                    model: manifest.model.to_string(),
-                    // The user's words for this supply, else the model's.
-                    description: if runner.description.is_empty() {
-                        manifest.description.to_string()
-                    } else {
-                        runner.description.clone()
-                    },
-                    security_min_voltage: limits.voltage.min,
-                    security_max_voltage: limits.voltage.max,
-                    security_min_current: limits.current.min,
-                    security_max_current: limits.current.max,
-                    voltage_decimals: manifest.voltage_decimals,
-                    current_decimals: manifest.current_decimals,
-                };
-                let settings = RunnerSettings {
-                    name: name.clone(),
-                    topics: Topics::new(namespace.as_deref(), name),
-                    limits,
-                    info,
-                    voltage_decimals: manifest.voltage_decimals,
-                    current_decimals: manifest.current_decimals,
-                    measure_period: Duration::from_millis(runner.measure_period_ms),
-                    command_timeout: Duration::from_millis(runner.command_timeout_ms),
-                    on_shutdown: runner.on_shutdown,
-                };
-                runners.insert(
-                    name.clone(),
-                    Supervised::new(
-                        Slot::new(policy),
-                        settings,
-                        runner.model.clone(),
-                        runner.driver_settings.clone(),
-                        driver,
-                    ),
-                );
-            }
+        for (name, runner) in runner_plans {
+            // Built now, so that a driver that cannot be built stops the
+            // start-up; each restart builds a fresh one.
+            let driver = runner.driver.build(&name).with_context(|| {
+                format!(
+                    "runner '{name}': cannot build its {} driver",
+                    runner.driver.model_name()
+                )
+            })?;
+            let slot = Slot::new(runner.policy);
+            let supervised = Supervised::new(slot, runner.settings, runner.driver, driver);
+            runners.insert(name, supervised);
         }
 
         let (monitor, monitor_events) = TaskMonitor::new("runners");
@@ -194,14 +135,13 @@ impl RunnersService {
             liveness_topic,
             namespace,
             runners,
-            factory: drivers_factory,
             monitor: monitor.clone(),
             handles,
             monitor_events,
             link,
             mailboxes,
             shutdown: shutdown.clone(),
-            shutdown_timeout: Duration::from_millis(server_config.shutdown_timeout_ms),
+            shutdown_timeout,
         });
         let handle = tokio::spawn(supervisor.run());
         Ok((RunnersService { monitor, shutdown }, handle))

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ownership::{Claims, Decision, Step};
 use super::slot::{Action, Ending, Slot, State};
-use crate::drivers::{DriverFactory, DriverSettings, PowerSupplyDriver};
+use crate::config::DriverPlan;
+use crate::drivers::PowerSupplyDriver;
 use crate::protocol::ownership::{owner_runner, server_instance, OwnerRecord, ServerRecord};
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::restart_command_runner;
@@ -47,8 +48,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Supervised {
     slot: Slot,
     pub settings: RunnerSettings,
-    model: String,
-    driver_settings: DriverSettings,
+    /// Builds a fresh driver for each restart.
+    driver: DriverPlan,
     /// The driver built at start-up, used by the first start.
     first_driver: Option<Box<dyn PowerSupplyDriver>>,
     /// Stops the live runner task; `Some` while it is alive.
@@ -64,16 +65,14 @@ impl Supervised {
     pub fn new(
         slot: Slot,
         settings: RunnerSettings,
-        model: String,
-        driver_settings: DriverSettings,
-        driver: Box<dyn PowerSupplyDriver>,
+        driver: DriverPlan,
+        first_driver: Box<dyn PowerSupplyDriver>,
     ) -> Supervised {
         Supervised {
             slot,
             settings,
-            model,
-            driver_settings,
-            first_driver: Some(driver),
+            driver,
+            first_driver: Some(first_driver),
             stop: None,
             mailbox: None,
             refuser: None,
@@ -87,7 +86,6 @@ pub struct Parts {
     pub liveness_topic: String,
     pub namespace: Option<String>,
     pub runners: BTreeMap<String, Supervised>,
-    pub factory: Arc<Mutex<DriverFactory>>,
     pub monitor: Arc<Mutex<Option<TaskMonitor>>>,
     pub handles: TaskHandleSender,
     pub monitor_events: mpsc::Receiver<Event>,
@@ -110,7 +108,6 @@ pub struct Supervisor {
     liveness_topic: String,
     namespace: Option<String>,
     runners: BTreeMap<String, Supervised>,
-    factory: Arc<Mutex<DriverFactory>>,
     monitor: Arc<Mutex<Option<TaskMonitor>>>,
     handles: TaskHandleSender,
     monitor_events: mpsc::Receiver<Event>,
@@ -152,7 +149,6 @@ impl Supervisor {
             liveness_topic: parts.liveness_topic,
             namespace: parts.namespace,
             runners: parts.runners,
-            factory: parts.factory,
             monitor: parts.monitor,
             handles: parts.handles,
             monitor_events: parts.monitor_events,
@@ -285,15 +281,13 @@ impl Supervisor {
         if !restart && self.shutdown.is_cancelled() {
             return Vec::new();
         }
-        let factory = self.factory.lock().await;
         let Some(runner) = self.runners.get_mut(name) else {
             return Vec::new();
         };
         let built = match runner.first_driver.take() {
             Some(driver) => Ok(driver),
-            None => factory.instantiate(name, &runner.model, &runner.driver_settings),
+            None => runner.driver.build(name),
         };
-        drop(factory);
         let driver = match built {
             Ok(driver) => driver,
             Err(e) => {
