@@ -441,7 +441,7 @@ async fn namespaces_prefix_every_topic() {
 /// `P/info` is retained with the model, the resolved limits (as numbers) and
 /// the decimals, and a restarted runner publishes it again before `Running`.
 #[tokio::test]
-async fn info_is_retained_and_published_before_running() {
+async fn info_is_retained_and_kept_across_a_restart() {
     let server = TestServer::start(
         r#"i: { model: "emulator", measure_period_ms: 0, security_min_voltage: 1,
                security_max_voltage: 12.5, security_min_current: 0.1, security_max_current: 2 }"#,
@@ -452,9 +452,9 @@ async fn info_is_retained_and_published_before_running() {
     late.subscribe("power-supply/i/info").await;
     let info = late.next().await;
     assert!(info.retain);
-    let info = info.json();
+    let info_payload = info.json();
     assert_eq!(
-        server_made(info),
+        server_made(info_payload.clone()),
         json!({
             "pza_id": "srv",
             "model": "emulator",
@@ -474,15 +474,18 @@ async fn info_is_retained_and_published_before_running() {
             v["status"] == "Running" && v["restarts"] == 1
         })
         .await;
-    // Every message here was published after the restart command, so an
-    // info among them is the restarted runner's, and it came before its
-    // Running. Its place relative to `Initializing` is not checked: the
-    // statuses travel on the supervisor's connection and the info on the
-    // runner's, and MQTT orders messages per topic, not across connections.
+    // The restarted runner's info is the same, and the broker holds it on
+    // the same connection: it is not published again (issue 16: a restart
+    // republishes only the retained values that changed).
     assert!(
-        before.iter().any(|m| m.topic == "power-supply/i/info"),
-        "no info published between the restart and Running: {before:?}"
+        !before.iter().any(|m| m.topic == "power-supply/i/info"),
+        "info published again though unchanged: {before:?}"
     );
+    let mut later = server.client().await;
+    later.subscribe("power-supply/i/info").await;
+    let held = later.next().await;
+    assert!(held.retain);
+    assert_eq!(held.json(), info_payload, "the broker still holds the info");
     server.stop().await;
 }
 

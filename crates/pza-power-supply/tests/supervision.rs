@@ -253,13 +253,14 @@ async fn restart_cmd_restarts_a_running_runner_keeping_the_device() {
     assert_eq!(names(&seen), ["Restarting", "Initializing", "Running"]);
     assert_eq!(seen[0]["pza_id"], "rs");
     assert_eq!(seen[2]["restarts"], 1);
-    // The new runner found the device as the old one left it, and published
-    // it again (without the old reply's pza_id).
+    // The new runner found the device as the old one left it. The value is
+    // unchanged and the broker holds it on the same connection, so it is not
+    // published again (issue 16): the retained message is still the reply.
     let mut late = server.client().await;
     late.subscribe("power-supply/r/voltage").await;
     assert_eq!(
-        server_made(late.next().await.json()),
-        json!({"pza_id": "srv", "voltage": "3.30"})
+        late.next().await.json(),
+        json!({"pza_id": "v", "voltage": "3.30"})
     );
     server.stop().await;
 }
@@ -578,4 +579,125 @@ async fn a_failed_runner_does_not_hold_up_the_shutdown() {
     c.wait_status("f", "Failed").await;
     server.stop().await;
     c.wait_status("f", "Stopped").await;
+}
+
+/// A restart on the same connection publishes only the retained values that
+/// changed: the broker still holds the others, so a crash costs no broker
+/// work for them. The device kept its state through the crash (the
+/// emulated device outlives its driver), so nothing is published again
+/// between `Panicking` and `Running`, and the broker still holds the values.
+#[tokio::test]
+async fn a_restart_republishes_only_what_changed() {
+    let server = TestServer::start(&format!(
+        r#"p: {{ model: "emulator", measure_period_ms: 0, faults: {{ panic_on_voltage: 13 }}, {FAST} }}"#
+    ))
+    .await;
+    let mut c = running_client(&server, "p").await;
+    c.publish(
+        "power-supply/p/voltage/cmd",
+        r#"{"pza_id":"v","voltage":"4.5"}"#,
+    )
+    .await;
+    c.wait_reply("v").await;
+    c.publish(
+        "power-supply/p/voltage/cmd",
+        r#"{"pza_id":"boom","voltage":"13"}"#,
+    )
+    .await;
+    // One subscription to P/# on the embedded broker sees the server's
+    // messages in the order they were published.
+    let mut between = Vec::new();
+    loop {
+        let m = c.next().await;
+        if m.topic == "power-supply/p/status" && m.json()["status"] == "Running" {
+            break;
+        }
+        // The test's own command comes back to it too.
+        if !m.topic.ends_with("/cmd") {
+            between.push(m.topic);
+        }
+    }
+    assert_eq!(
+        between,
+        [
+            "power-supply/p/error",
+            "power-supply/p/status",
+            "power-supply/p/status",
+            "power-supply/p/status",
+        ],
+        "only the error reply and Panicking, Restarting, Initializing"
+    );
+    let mut late = server.client().await;
+    late.subscribe("power-supply/p/+").await;
+    let mut held = std::collections::BTreeMap::new();
+    let wanted = ["status", "info", "state", "voltage", "current"]
+        .map(|leaf| format!("power-supply/p/{leaf}"));
+    while !wanted.iter().all(|t| held.contains_key(t)) {
+        let m = late.next().await;
+        assert!(m.retain, "{} not retained", m.topic);
+        held.insert(m.topic.clone(), m.json());
+    }
+    assert_eq!(held["power-supply/p/voltage"]["voltage"], "4.50");
+    assert_eq!(held["power-supply/p/state"]["state"], "OFF");
+    assert_eq!(held["power-supply/p/status"]["status"], "Running");
+    assert_eq!(held["power-supply/p/info"]["model"], "emulator");
+    assert!(held.contains_key("power-supply/p/current"));
+    server.stop().await;
+}
+
+/// A runner holds at most `MAILBOX_CAPACITY` commands waiting; one more is
+/// answered at once, and every command still gets exactly one answer (the
+/// ones waiting behind a command that hangs until its timeout are answered
+/// when the runner restarts).
+#[tokio::test]
+async fn a_full_mailbox_answers_at_once_and_every_command_gets_one_answer() {
+    use pza_power_supply::runners::mailbox::{full_reason, MAILBOX_CAPACITY};
+    let server = TestServer::start(&format!(
+        r#"p: {{ model: "emulator", measure_period_ms: 0, command_timeout_ms: 3000, faults: {{ hang_on_voltage: 7 }}, {FAST} }}"#
+    ))
+    .await;
+    let mut c = running_client(&server, "p").await;
+    c.publish(
+        "power-supply/p/voltage/cmd",
+        r#"{"pza_id":"hang","voltage":"7"}"#,
+    )
+    .await;
+    let extra = 20;
+    let total = MAILBOX_CAPACITY + extra;
+    for i in 0..total {
+        c.publish(
+            "power-supply/p/voltage/cmd",
+            format!(r#"{{"pza_id":"q{i}","voltage":"1"}}"#),
+        )
+        .await;
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    let mut full = 0;
+    while answers.len() < total + 1 {
+        let m = c.next().await;
+        if !m.topic.ends_with("/error") && !m.topic.ends_with("/voltage") {
+            continue;
+        }
+        let v = m.json();
+        let Some(id) = v["pza_id"].as_str() else {
+            continue;
+        };
+        if id != "hang" && !id.starts_with('q') {
+            continue;
+        }
+        if v["message"] == full_reason("p") {
+            full += 1;
+        }
+        assert!(
+            answers.insert(id.to_string(), v.clone()).is_none(),
+            "{id} answered twice: {v}"
+        );
+    }
+    // The ones beyond the capacity find it full; one more if the hanging
+    // command was still waiting in the mailbox when the burst arrived.
+    assert!(
+        full == extra || full == extra + 1,
+        "{full} full: {answers:?}"
+    );
+    server.stop().await;
 }

@@ -415,6 +415,41 @@ mod tests {
         assert_eq!(report(&actions, Status::Initializing).restarts, 1);
     }
 
+    /// With no delay, the restart is launched in the same turn as the
+    /// crash's statuses (no timer), so that they leave together.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_delay_restarts_in_the_same_turn() {
+        let mut slot = Slot::new(RestartPolicy {
+            initial_delay: Duration::ZERO,
+            ..policy()
+        });
+        assert_eq!(slot.on_owned(), vec![Action::Launch { restart: false }]);
+        let (generation, _) = slot.launched(false);
+        slot.on_running(generation, false, Instant::now());
+        let actions = slot.on_ended(crash("boom"), true, Instant::now(), NO_JITTER);
+        assert_eq!(
+            statuses(&actions),
+            vec![Status::Panicking, Status::Restarting]
+        );
+        assert_eq!(
+            report(&actions, Status::Restarting).next_restart_ms,
+            Some(0)
+        );
+        assert_eq!(actions.last(), Some(&Action::Launch { restart: true }));
+        assert_eq!(slot.deadline(), None, "no timer armed");
+        let (_, actions) = slot.launched(true);
+        assert_eq!(report(&actions, Status::Initializing).restarts, 1);
+        // The policy still counts: with `max_retries: 2`, the third crash
+        // in a row gives up.
+        slot.on_running(slot.generation, false, Instant::now());
+        let actions = slot.on_ended(crash("boom"), true, Instant::now(), NO_JITTER);
+        assert_eq!(actions.last(), Some(&Action::Launch { restart: true }));
+        slot.launched(true);
+        slot.on_running(slot.generation, false, Instant::now());
+        let actions = slot.on_ended(crash("boom"), true, Instant::now(), NO_JITTER);
+        assert_eq!(statuses(&actions), vec![Status::Panicking, Status::Failed]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_policy_gives_up_and_the_failed_runner_refuses_commands() {
         let mut slot = running_slot();
