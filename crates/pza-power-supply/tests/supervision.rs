@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{running_client, server_made, Client, Message, TestServer, WAIT};
+use common::{running_client, server_made, Client, LogCapture, Message, TestServer, WAIT};
 use pza_power_supply::runners::refuser::FAILED_REASON;
 use serde_json::{json, Value};
 
@@ -579,6 +579,41 @@ async fn a_failed_runner_does_not_hold_up_the_shutdown() {
     c.wait_status("f", "Failed").await;
     server.stop().await;
     c.wait_status("f", "Stopped").await;
+}
+
+/// Every restart is logged with the runner, attempt, delay and cause, also
+/// when the delay is zero and the runner starts again in the same turn.
+#[tokio::test]
+async fn a_restart_with_no_delay_is_logged_with_its_attempt_and_cause() {
+    let mut logs = LogCapture::install();
+    let server = TestServer::start(
+        r#"z: { model: "emulator", measure_period_ms: 0, faults: { panic_on_voltage: 13 },
+               restart: { initial_delay_ms: 0, jitter: 0 } }"#,
+    )
+    .await;
+    let mut c = running_client(&server, "z").await;
+    for round in 1..=2 {
+        c.publish(
+            "power-supply/z/voltage/cmd",
+            format!(r#"{{"pza_id":"b{round}","voltage":"13"}}"#),
+        )
+        .await;
+        let seen = statuses_until(&mut c, "z", "Running").await;
+        assert_eq!(seen[1]["next_restart_ms"], 0);
+        let attempt = format!("attempt={round}");
+        logs.wait_for(
+            &[
+                "runner crashed; restarting",
+                "runner=\"z\"",
+                &attempt,
+                "delay_ms=0",
+                "panic_on_voltage 13",
+            ],
+            1,
+        )
+        .await;
+    }
+    server.stop().await;
 }
 
 /// A restart on the same connection publishes only the retained values that

@@ -1,8 +1,9 @@
 //! Named tokio tasks turned into lifecycle events, the moment each task ends.
 //!
 //! A [`TaskMonitor`] owns one background task that awaits every registered
-//! `JoinHandle` at once (through a [`JoinSet`] of small watcher futures). There
-//! is no polling interval: the event for a task is sent as soon as its handle
+//! `JoinHandle` at once (a `FuturesUnordered` of the handles, polled by that
+//! task itself: no task is spawned per monitored task). There is no polling
+//! interval: the event for a task is sent as soon as its handle
 //! resolves. Events come out of the `mpsc::Receiver<Event>` returned by
 //! [`TaskMonitor::new`], in the order the monitor saw them; for one task,
 //! `TaskCreated` always comes before the event that ends it.
@@ -22,8 +23,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinError, JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
 
 /// The handle type the monitor watches.
 pub type TaskHandle = JoinHandle<anyhow::Result<()>>;
@@ -135,16 +137,15 @@ impl TaskMonitor {
     }
 }
 
-/// The outcome of one task, as its watcher future returns it.
-type Outcome = (u64, String, Result<anyhow::Result<()>, JoinError>);
-
 async fn watch(
     monitor_name: String,
     mut handle_rx: mpsc::Receiver<(String, TaskHandle)>,
     event_tx: mpsc::Sender<Event>,
     shared: Arc<Shared>,
 ) {
-    let mut watchers: JoinSet<Outcome> = JoinSet::new();
+    // Polled by this task itself: a task's end wakes the monitor directly,
+    // with no watcher task spawned per monitored task.
+    let mut watchers = FuturesUnordered::new();
     let mut next_id: u64 = 1;
     let mut handles_open = true;
     // A failed send only means nobody listens to events any more; the
@@ -171,18 +172,11 @@ async fn watch(
                     let body = EventBody { task_name: task_name.clone(), task_id, error_message: None };
                     let _ = event_tx.send(Event::TaskCreated(body)).await;
                 }
-                watchers.spawn(async move { (task_id, task_name, handle.await) });
+                watchers.push(async move { (task_id, task_name, handle.await) });
             }
-            Some(joined) = watchers.join_next(), if !watchers.is_empty() => {
-                let event = match joined {
-                    Ok((task_id, task_name, outcome)) => {
-                        shared.running().remove(&task_id);
-                        outcome_event(task_name, task_id, outcome)
-                    }
-                    // The watcher futures only await a handle, which cannot
-                    // panic, and they are never aborted: this is a monitor bug.
-                    Err(e) => Event::TaskMonitorError(format!("monitor '{monitor_name}': watcher failed: {e}")),
-                };
+            Some((task_id, task_name, outcome)) = watchers.next(), if !watchers.is_empty() => {
+                shared.running().remove(&task_id);
+                let event = outcome_event(task_name, task_id, outcome);
                 let remaining = shared.count.fetch_sub(1, Ordering::SeqCst) - 1;
                 let _ = event_tx.send(event).await;
                 if remaining == 0 {

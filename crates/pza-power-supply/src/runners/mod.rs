@@ -11,10 +11,13 @@
 //!   multi-server ownership protocol, and the I/O shell that carries out
 //!   their decisions.
 //! - [`refuser`]: answers the commands sent to a `Failed` runner.
+//! - [`panics`]: the panic hook that keeps a driver's (handled) panics out
+//!   of stderr, noting where they happened for the runner's log.
 
 pub mod error;
 pub mod limits;
 pub mod mailbox;
+pub mod panics;
 pub mod refuser;
 pub mod restart;
 pub mod runner;

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{Cause, DriverPanic, RunnerError};
 use super::limits::SecurityLimits;
 use super::mailbox::{RunnerLink, SharedMailbox};
+use super::panics;
 use crate::config::OnShutdown;
 use crate::drivers::{DriverError, PowerSupplyDriver};
 use crate::protocol::payload::{
@@ -205,7 +206,8 @@ impl<F: Future> Future for CatchUnwind<F> {
         // Unwind safety: after a panic the driver the future borrows is
         // never called again; the runner answers its commands and resumes
         // the panic, which drops the driver.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        let poll = || panics::guarded(|| inner.poll(cx));
+        match std::panic::catch_unwind(AssertUnwindSafe(poll)) {
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(payload)),
@@ -356,7 +358,12 @@ impl Session {
             generation: control.generation,
             reconnected: false,
         });
-        tracing::info!(runner = %self.settings.name, "running");
+        if control.generation == 1 {
+            tracing::info!(runner = %self.settings.name, "running");
+        } else {
+            // A restart is logged by the supervisor, with its cause.
+            tracing::debug!(runner = %self.settings.name, generation = control.generation, "running again");
+        }
         Ok(())
     }
 
@@ -457,7 +464,8 @@ impl Session {
             Ok(Ok(Err(e))) => e,
             Ok(Err(payload)) => {
                 let panic = DriverPanic::new(payload);
-                tracing::error!(runner = %self.settings.name, pza_id, "{what}: {panic}");
+                let location = panics::take_location();
+                tracing::error!(runner = %self.settings.name, pza_id, location = location.as_deref(), "{what}: {panic}");
                 self.publish_error(pza_id, &format!("{what}: {panic}"))
                     .await?;
                 return Err(Failure::Fatal(Cause::Panic(panic)));

@@ -76,6 +76,7 @@ impl RunnersService {
         plan: Plan,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(RunnersService, JoinHandle<anyhow::Result<()>>)> {
+        super::panics::install();
         let instance = format!("pza-ps-{:08x}", rand::random::<u32>());
         let Plan {
             endpoint,

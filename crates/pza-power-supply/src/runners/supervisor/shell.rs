@@ -34,6 +34,7 @@ use crate::drivers::PowerSupplyDriver;
 use crate::protocol::ownership::{owner_runner, server_instance, OwnerRecord, ServerRecord};
 use crate::protocol::payload::{error_reply, parse_restart};
 use crate::protocol::topics::restart_command_runner;
+use crate::protocol::Status;
 use crate::runners::mailbox::{Mailboxes, SharedMailbox};
 use crate::runners::refuser::Refuser;
 use crate::runners::runner::{Announced, Runner, RunnerControl, RunnerReport, RunnerSettings};
@@ -298,7 +299,7 @@ impl Supervisor {
                     Instant::now(),
                     rand::random::<f64>(),
                 );
-                self.log_crash(name, &cause);
+                self.log_crash(name, &cause, &actions);
                 return actions;
             }
         };
@@ -384,27 +385,27 @@ impl Supervisor {
             .slot
             .on_ended(ending, serves, Instant::now(), rand::random::<f64>());
         if let Some(cause) = cause {
-            self.log_crash(&name, &cause);
+            self.log_crash(&name, &cause, &actions);
         }
         self.apply(&name, actions).await;
     }
 
-    /// Logs a crash with what follows: a restart (attempt, delay) or none.
-    fn log_crash(&self, name: &str, cause: &str) {
+    /// Logs a crash with what follows, as `actions` (the slot's answer to
+    /// it) say: a restart (attempt, delay), or the policy giving up.
+    fn log_crash(&self, name: &str, cause: &str, actions: &[Action]) {
         let Some(runner) = self.runners.get(name) else {
             return;
         };
-        match runner.slot.state() {
-            State::Backoff { deadline, attempt } => {
-                let delay_ms = deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64;
-                tracing::warn!(runner = name, attempt, delay_ms, %cause, "runner crashed; restarting");
-            }
-            State::Failed => {
-                tracing::error!(runner = name, %cause, "runner crashed; restart policy gave up")
-            }
-            _ => {}
+        let restarting = actions.iter().find_map(|action| match action {
+            Action::Publish(report) if report.status == Status::Restarting => Some(report),
+            _ => None,
+        });
+        if let Some(report) = restarting {
+            let attempt = runner.slot.attempt();
+            let delay_ms = report.next_restart_ms.unwrap_or(0);
+            tracing::warn!(runner = name, attempt, delay_ms, %cause, "runner crashed; restarting");
+        } else if runner.slot.state() == State::Failed {
+            tracing::error!(runner = name, %cause, "runner crashed; restart policy gave up")
         }
     }
 

@@ -65,6 +65,8 @@ pub struct Slot {
     restarts: u32,
     /// Starts so far; tells stale reports apart.
     generation: u64,
+    /// Which consecutive restart the last one scheduled was.
+    attempt: u32,
     /// The cause of the last crash, shown until the runner runs again.
     last_cause: Option<String>,
     /// Said again after the supervisor reconnects to the broker.
@@ -79,6 +81,7 @@ impl Slot {
             state: State::Stopped,
             restarts: 0,
             generation: 0,
+            attempt: 0,
             last_cause: None,
             last_status: None,
         }
@@ -176,6 +179,7 @@ impl Slot {
         let mut actions = vec![self.publish(Status::Panicking)];
         match self.tracker.crashed(&self.policy, now, random) {
             Decision::Restart { attempt, delay } => {
+                self.attempt = attempt;
                 // A revived runner whose driver cannot be built backs off
                 // like any other: commands wait for the next start.
                 actions.push(Action::StopRefusing);
@@ -200,6 +204,12 @@ impl Slot {
             }
         }
         actions
+    }
+
+    /// Which consecutive restart the last one scheduled was (1 for the
+    /// first after a run of `reset_after`).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// The runner of `generation` takes commands; `reconnected` when it
