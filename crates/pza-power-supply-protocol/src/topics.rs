@@ -85,13 +85,6 @@ impl Topics {
         format!("{}/info", self.prefix)
     }
 
-    /// The filter of every command topic of this runner, `P/+/cmd`: the
-    /// runner receives commands for attributes it does not know too, to log
-    /// and ignore them.
-    pub fn command_filter(&self) -> String {
-        format!("{}/+/cmd", self.prefix)
-    }
-
     /// Whether `topic` is a command the runner itself answers (an
     /// attribute's, or `measure/cmd`; `restart/cmd` is the supervisor's).
     pub fn is_runner_command(&self, topic: &str) -> bool {
@@ -120,11 +113,6 @@ pub fn namespace_prefix(namespace: Option<&str>) -> String {
         Some(ns) if !ns.is_empty() => format!("{ns}/"),
         _ => String::new(),
     }
-}
-
-/// The filter matching the restart commands of every runner under `namespace`.
-pub fn restart_command_filter(namespace: Option<&str>) -> String {
-    format!("{}{ROOT}/+/restart/cmd", namespace_prefix(namespace))
 }
 
 /// The filter matching every command topic (`P/<leaf>/cmd`) of every
@@ -216,8 +204,8 @@ mod tests {
         let t = Topics::new(Some("bench-3"), "psu1");
         assert_eq!(t.error(), "bench-3/power-supply/psu1/error");
         assert_eq!(
-            restart_command_filter(Some("bench-3")),
-            "bench-3/power-supply/+/restart/cmd"
+            commands_filter(Some("bench-3")),
+            "bench-3/power-supply/+/+/cmd"
         );
     }
 

@@ -222,15 +222,6 @@ impl Publisher {
         true
     }
 
-    /// A mark on the publishes made so far, to wait for with
-    /// [`Acknowledged::wait`].
-    pub fn mark(&self, pending: u64) -> Acknowledged {
-        Acknowledged {
-            shared: self.shared.clone(),
-            mark: self.shared.sent.load(Ordering::SeqCst) + pending,
-        }
-    }
-
     /// While disconnected: queued for the reconnection, or dropped beyond
     /// `OFFLINE_QUEUE_MAX`.
     fn publish_offline(&self, topic: String, retain: bool, payload: Vec<u8>) {
@@ -246,41 +237,6 @@ impl Publisher {
             self.shared.ack();
             tracing::debug!(%topic, error = %e, "MQTT broker out of reach: message dropped");
         }
-    }
-}
-
-/// The first `mark` publishes of a link, to wait for: once the broker has
-/// acknowledged them, it routes them before anything published afterwards
-/// on another connection.
-#[derive(Clone)]
-pub struct Acknowledged {
-    shared: Arc<Shared>,
-    mark: u64,
-}
-
-impl std::fmt::Debug for Acknowledged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acknowledged")
-            .field("mark", &self.mark)
-            .finish()
-    }
-}
-
-impl Acknowledged {
-    /// Waits until those publishes were acknowledged, or given up for lost
-    /// (the connection dropped), for at most `timeout`. Returns whether
-    /// they were.
-    pub async fn wait(&self, timeout: Duration) -> bool {
-        let acked = async {
-            loop {
-                let notified = self.shared.changed.notified();
-                if self.shared.acked.load(Ordering::SeqCst) >= self.mark {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(timeout, acked).await.is_ok()
     }
 }
 
