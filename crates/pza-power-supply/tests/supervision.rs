@@ -26,6 +26,15 @@ async fn statuses_until(c: &mut Client, runner: &str, last: &str) -> Vec<Value> 
     }
 }
 
+/// Publishes a voltage command to `runner` (its answers are read by the caller).
+async fn send_voltage(c: &Client, runner: &str, pza_id: &str, volts: &str) {
+    c.publish(
+        &format!("power-supply/{runner}/voltage/cmd"),
+        format!(r#"{{"pza_id":"{pza_id}","voltage":"{volts}"}}"#),
+    )
+    .await;
+}
+
 fn names(statuses: &[Value]) -> Vec<&str> {
     statuses
         .iter()
@@ -42,11 +51,7 @@ async fn a_panic_restarts_the_runner_and_commands_work_again() {
     ))
     .await;
     let mut c = running_client(&server, "p").await;
-    c.publish(
-        "power-supply/p/voltage/cmd",
-        r#"{"pza_id":"boom","voltage":"13"}"#,
-    )
-    .await;
+    send_voltage(&c, "p", "boom", "13").await;
     let seen = statuses_until(&mut c, "p", "Running").await;
     assert_eq!(
         names(&seen),
@@ -66,11 +71,7 @@ async fn a_panic_restarts_the_runner_and_commands_work_again() {
         json!({"pza_id": "srv", "status": "Running", "restarts": 1})
     );
 
-    c.publish(
-        "power-supply/p/voltage/cmd",
-        r#"{"pza_id":"after","voltage":"5"}"#,
-    )
-    .await;
+    send_voltage(&c, "p", "after", "5").await;
     assert_eq!(
         c.wait_reply("after").await.json(),
         json!({"pza_id": "after", "voltage": "5.00"})
@@ -85,11 +86,7 @@ async fn an_error_exit_restarts_the_runner_after_answering_the_command() {
     ))
     .await;
     let mut c = running_client(&server, "e").await;
-    c.publish(
-        "power-supply/e/voltage/cmd",
-        r#"{"pza_id":"err","voltage":"6"}"#,
-    )
-    .await;
+    send_voltage(&c, "e", "err", "6").await;
     let reply = c.wait_reply("err").await;
     assert_eq!(reply.topic, "power-supply/e/error");
     assert_eq!(
@@ -105,11 +102,7 @@ async fn an_error_exit_restarts_the_runner_after_answering_the_command() {
         .as_str()
         .unwrap()
         .contains("error_on_voltage 6"));
-    c.publish(
-        "power-supply/e/voltage/cmd",
-        r#"{"pza_id":"ok","voltage":"5"}"#,
-    )
-    .await;
+    send_voltage(&c, "e", "ok", "5").await;
     assert_eq!(c.wait_reply("ok").await.json()["voltage"], "5.00");
     server.stop().await;
 }
@@ -122,11 +115,7 @@ async fn a_clean_exit_is_not_restarted() {
     ))
     .await;
     let mut c = running_client(&server, "x").await;
-    c.publish(
-        "power-supply/x/voltage/cmd",
-        r#"{"pza_id":"bye","voltage":"2"}"#,
-    )
-    .await;
+    send_voltage(&c, "x", "bye", "2").await;
     assert_eq!(c.wait_reply("bye").await.topic, "power-supply/x/error");
     let stopped = c.wait_status("x", "Stopped").await;
     assert_eq!(stopped["restarts"], 0);
@@ -192,11 +181,7 @@ async fn max_retries_zero_never_restarts_and_restart_cmd_revives() {
     )
     .await;
     let mut c = running_client(&server, "f").await;
-    c.publish(
-        "power-supply/f/voltage/cmd",
-        r#"{"pza_id":"p","voltage":"1"}"#,
-    )
-    .await;
+    send_voltage(&c, "f", "p", "1").await;
     let seen = statuses_until(&mut c, "f", "Failed").await;
     assert_eq!(names(&seen), ["Panicking", "Failed"]);
     assert_eq!(seen[1]["restarts"], 0);
@@ -220,11 +205,7 @@ async fn max_retries_zero_never_restarts_and_restart_cmd_revives() {
     assert_eq!(reply.json()["next_restart_ms"], 0);
     let running = c.wait_status("f", "Running").await;
     assert_eq!(running["restarts"], 1);
-    c.publish(
-        "power-supply/f/voltage/cmd",
-        r#"{"pza_id":"v","voltage":"2"}"#,
-    )
-    .await;
+    send_voltage(&c, "f", "v", "2").await;
     assert_eq!(c.wait_reply("v").await.json()["voltage"], "2.00");
 
     c.publish("power-supply/f/restart/cmd", r#"{"pza_id":7}"#)
@@ -241,11 +222,7 @@ async fn max_retries_zero_never_restarts_and_restart_cmd_revives() {
 async fn restart_cmd_restarts_a_running_runner_keeping_the_device() {
     let server = TestServer::start(r#"r: { model: "emulator", measure_period_ms: 0 }"#).await;
     let mut c = running_client(&server, "r").await;
-    c.publish(
-        "power-supply/r/voltage/cmd",
-        r#"{"pza_id":"v","voltage":"3.3"}"#,
-    )
-    .await;
+    send_voltage(&c, "r", "v", "3.3").await;
     c.wait_reply("v").await;
     c.publish("power-supply/r/restart/cmd", r#"{"pza_id":"rs"}"#)
         .await;
@@ -312,11 +289,7 @@ async fn a_runner_in_long_backoff_does_not_hold_up_another() {
     c.subscribe("power-supply/fast/#").await;
     c.wait_status("fast", "Running").await;
 
-    c.publish(
-        "power-supply/slow/voltage/cmd",
-        r#"{"pza_id":"a","voltage":"1"}"#,
-    )
-    .await;
+    send_voltage(&c, "slow", "a", "1").await;
     let restarting = c.wait_status("slow", "Restarting").await;
     assert_eq!(restarting["next_restart_ms"], 3_600_000);
 
@@ -356,11 +329,7 @@ async fn shutdown_during_a_backoff_cancels_the_restart_promptly() {
     )
     .await;
     let mut c = running_client(&server, "b").await;
-    c.publish(
-        "power-supply/b/voltage/cmd",
-        r#"{"pza_id":"a","voltage":"1"}"#,
-    )
-    .await;
+    send_voltage(&c, "b", "a", "1").await;
     c.wait_status("b", "Restarting").await;
 
     // The pending restart is an hour away: ending within the wait bound
@@ -390,11 +359,7 @@ async fn shutdown_aborts_a_hung_runner_after_the_timeout() {
     let mut c = running_client(&server, "hung").await;
     c.subscribe("power-supply/fine/#").await;
     c.wait_status("fine", "Running").await;
-    c.publish(
-        "power-supply/hung/voltage/cmd",
-        r#"{"pza_id":"h","voltage":"9"}"#,
-    )
-    .await;
+    send_voltage(&c, "hung", "h", "9").await;
     // The command is in progress once the runner stops answering others.
     c.publish(
         "power-supply/fine/state/cmd",
@@ -456,11 +421,7 @@ async fn commands_queued_behind_a_crash_still_get_one_answer_each() {
     )
     .await;
     let mut c = running_client(&server, "q").await;
-    c.publish(
-        "power-supply/q/voltage/cmd",
-        r#"{"pza_id":"hang","voltage":"9"}"#,
-    )
-    .await;
+    send_voltage(&c, "q", "hang", "9").await;
     for i in 0..3 {
         c.publish(
             "power-supply/q/current/cmd",
@@ -497,11 +458,7 @@ async fn a_panic_answers_its_command_once_and_each_queued_command_once() {
     )
     .await;
     let mut c = running_client(&server, "p").await;
-    c.publish(
-        "power-supply/p/voltage/cmd",
-        r#"{"pza_id":"boom","voltage":"13"}"#,
-    )
-    .await;
+    send_voltage(&c, "p", "boom", "13").await;
     for i in 0..3 {
         c.publish(
             "power-supply/p/current/cmd",
@@ -571,11 +528,7 @@ async fn a_failed_runner_does_not_hold_up_the_shutdown() {
     )
     .await;
     let mut c = running_client(&server, "f").await;
-    c.publish(
-        "power-supply/f/voltage/cmd",
-        r#"{"pza_id":"p","voltage":"1"}"#,
-    )
-    .await;
+    send_voltage(&c, "f", "p", "1").await;
     c.wait_status("f", "Failed").await;
     server.stop().await;
     c.wait_status("f", "Stopped").await;
@@ -628,17 +581,9 @@ async fn a_restart_republishes_only_what_changed() {
     ))
     .await;
     let mut c = running_client(&server, "p").await;
-    c.publish(
-        "power-supply/p/voltage/cmd",
-        r#"{"pza_id":"v","voltage":"4.5"}"#,
-    )
-    .await;
+    send_voltage(&c, "p", "v", "4.5").await;
     c.wait_reply("v").await;
-    c.publish(
-        "power-supply/p/voltage/cmd",
-        r#"{"pza_id":"boom","voltage":"13"}"#,
-    )
-    .await;
+    send_voltage(&c, "p", "boom", "13").await;
     // One subscription to P/# on the embedded broker sees the server's
     // messages in the order they were published.
     let mut between = Vec::new();
@@ -692,11 +637,7 @@ async fn a_full_mailbox_answers_at_once_and_every_command_gets_one_answer() {
     ))
     .await;
     let mut c = running_client(&server, "p").await;
-    c.publish(
-        "power-supply/p/voltage/cmd",
-        r#"{"pza_id":"hang","voltage":"7"}"#,
-    )
-    .await;
+    send_voltage(&c, "p", "hang", "7").await;
     let extra = 20;
     let total = MAILBOX_CAPACITY + extra;
     for i in 0..total {
