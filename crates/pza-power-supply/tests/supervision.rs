@@ -65,6 +65,11 @@ async fn a_panic_restarts_the_runner_and_commands_work_again() {
         "{}",
         seen[0]
     );
+    // It says where the driver panicked (noted by the server's panic hook;
+    // the path's separators are the platform's).
+    let message = seen[0]["panic_message"].as_str().unwrap();
+    let at = message.split(" (at ").nth(1).unwrap_or_default();
+    assert!(at.contains("emulator.rs:"), "{message}");
     assert_eq!(seen[1]["next_restart_ms"], 20);
     assert_eq!(
         server_made(seen[3].clone()),

@@ -64,26 +64,37 @@ impl Cause {
 #[error("the driver panicked: {text}")]
 pub struct DriverPanic {
     pub text: String,
-    /// The original payload, resumed as is. In a mutex only to make the
-    /// error `Sync`, as the task monitor's `anyhow` errors must be.
+    /// Where it happened (`file:line:column`), when the panic hook saw it.
+    pub location: Option<String>,
+    /// The original payload. In a mutex only to make the error `Sync`, as
+    /// the task monitor's `anyhow` errors must be.
     payload: std::sync::Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl DriverPanic {
-    /// The panic whose payload is `payload`.
-    pub fn new(payload: Box<dyn Any + Send>) -> DriverPanic {
+    /// The panic whose payload is `payload`, raised at `location`.
+    pub fn new(payload: Box<dyn Any + Send>, location: Option<String>) -> DriverPanic {
         DriverPanic {
             text: panic_text(payload.as_ref()),
+            location,
             payload: std::sync::Mutex::new(Some(payload)),
         }
     }
 
-    /// The payload to resume, once.
+    /// The payload to resume, once: the original one, or, when the location
+    /// is known, the text with where it happened (`<text> (at <location>)`),
+    /// so that the status's `panic_message` and the supervisor's log of the
+    /// crash say where to look.
     pub fn take_payload(&self) -> Option<Box<dyn Any + Send>> {
-        self.payload
+        let payload = self
+            .payload
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+            .take()?;
+        Some(match &self.location {
+            Some(location) => Box::new(format!("{} (at {location})", self.text)),
+            None => payload,
+        })
     }
 }
 
@@ -129,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_panic_reads_as_its_text() {
-        let panic = DriverPanic::new(Box::new("emulator fault"));
+        let panic = DriverPanic::new(Box::new("emulator fault"), None);
         assert_eq!(
             ended(Cause::Panic(panic)),
             "runner 'p': the driver panicked: emulator fault"
@@ -147,9 +158,20 @@ mod tests {
 
     #[test]
     fn a_panic_payload_is_taken_once() {
-        let panic = DriverPanic::new(Box::new(String::from("boom")));
+        let panic = DriverPanic::new(Box::new(String::from("boom")), None);
         assert_eq!(panic.text, "boom");
         assert!(panic.take_payload().is_some());
         assert!(panic.take_payload().is_none());
+    }
+
+    #[test]
+    fn a_resumed_panic_says_where_it_happened() {
+        let panic = DriverPanic::new(Box::new("boom"), Some("src/x.rs:1:2".into()));
+        assert_eq!(panic.to_string(), "the driver panicked: boom");
+        let payload = panic.take_payload().expect("a payload");
+        assert_eq!(
+            payload.downcast_ref::<String>().map(String::as_str),
+            Some("boom (at src/x.rs:1:2)")
+        );
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! A panic inside a driver call is expected to happen (a buggy driver, the
 //! emulator's injected faults) and is fully handled: the runner catches it,
-//! answers the command on `P/error`, logs it with where it happened, and
-//! restarts (see [`super::runner`]). Rust's default hook would print it to
+//! answers the command on `P/error` and ends as a panic whose text says
+//! where it happened, which the status's `panic_message` and the
+//! supervisor's log of the restart carry (see [`super::runner`]). Rust's default hook would print it to
 //! stderr as well, a second report of the same panic that costs a few
 //! writes per crash, and with `RUST_BACKTRACE=1` the symbolizing of a whole
 //! backtrace (about 0.4 ms, more than the rest of the crash and restart).
 //! So while a driver call is polled, the hook only notes where the panic
-//! happened, for the runner's log; every other panic goes to the hook that
-//! was installed before (the default one: printed as usual).
+//! happened; every other panic goes to the hook that was installed before
+//! (the default one: printed as usual).
 
 use std::cell::{Cell, RefCell};
 use std::panic::PanicHookInfo;

@@ -259,8 +259,8 @@ async fn run(
             drop(session);
             if let Cause::Panic(panic) = &e {
                 if let Some(payload) = panic.take_payload() {
-                    // Ends the task as the panic it is, released link and
-                    // all, so that the supervisor counts it as one.
+                    // Ends the task as the panic it is, released mailbox
+                    // and all, so that the supervisor counts it as one.
                     drop(driver);
                     std::panic::resume_unwind(payload);
                 }
@@ -463,9 +463,10 @@ impl Session {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(e))) => e,
             Ok(Err(payload)) => {
-                let panic = DriverPanic::new(payload);
-                let location = panics::take_location();
-                tracing::error!(runner = %self.settings.name, pza_id, location = location.as_deref(), "{what}: {panic}");
+                let panic = DriverPanic::new(payload, panics::take_location());
+                // Logged once, by the supervisor, with where it happened:
+                // the resumed panic carries the location.
+                tracing::debug!(runner = %self.settings.name, pza_id, "{what}: {panic}");
                 self.publish_error(pza_id, &format!("{what}: {panic}"))
                     .await?;
                 return Err(Failure::Fatal(Cause::Panic(panic)));
