@@ -185,7 +185,8 @@ async fn every_hostile_payload_gets_the_answer_the_spec_gives() {
             .await;
         let mut seen = until_fence(&mut c, n).await;
         if case.topic == "restart/cmd" {
-            // The supervisor answers on its own connection: wait for it.
+            // The supervisor answers, not the runner: its reply may come
+            // after the fence, wait for it.
             if seen.iter().all(|m| m.topic != format!("{P}/error")) {
                 let error = c.wait_for(&format!("{P}/error"), |_| true).await;
                 seen.push(Message {

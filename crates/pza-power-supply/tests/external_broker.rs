@@ -131,7 +131,7 @@ async fn a_refused_login_is_retried_not_fatal() {
         "",
     )
     .await;
-    // The supervisor's connection is refused, then tried again.
+    // The server's connection is refused, then tried again.
     broker.wait_log(&["not authorised"], 2, WAIT).await;
     let took = server.stop().await;
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
