@@ -388,16 +388,9 @@ impl MqttLink {
         }
     }
 
-    /// Flushes, then disconnects, each step for at most `timeout`. While
-    /// disconnected, the connection is simply dropped.
+    /// Flushes, then disconnects, each step for at most `timeout`, and stops
+    /// the pump. While disconnected, the connection is simply dropped.
     pub async fn close(mut self, timeout: Duration) {
-        self.shut(timeout).await;
-    }
-
-    /// `close`, for a link that stays in place (one lent to a task by its
-    /// owner): flushes, disconnects and stops the pump. The link
-    /// is of no use afterwards.
-    pub async fn shut(&mut self, timeout: Duration) {
         self.flush(timeout).await;
         if self.is_connected() && self.client.try_disconnect().is_ok() {
             // The pump ends once the DISCONNECT packet is written.

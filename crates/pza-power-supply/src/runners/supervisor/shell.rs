@@ -430,15 +430,14 @@ impl Supervisor {
                 self.announce();
                 if !first {
                     // The broker may have lost its retained messages: say
-                    // again where every runner stands. The runners share the
-                    // connection, subscribed again by now.
-                    let ready = self.link.is_ready();
+                    // again where every runner stands (a running runner says
+                    // `Running` again itself, after its retained state).
                     let names: Vec<String> = self.runners.keys().cloned().collect();
                     for name in names {
                         let Some(runner) = self.runners.get_mut(&name) else {
                             continue;
                         };
-                        let actions = runner.slot.on_reconnected(ready);
+                        let actions = runner.slot.on_reconnected();
                         self.apply(&name, actions).await;
                     }
                 }

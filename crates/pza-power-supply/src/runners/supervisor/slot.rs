@@ -297,13 +297,13 @@ impl Slot {
         vec![self.publish(Status::Stopped)]
     }
 
-    /// After the supervisor reconnected: the last status, to say again.
-    /// `Running` means the runner takes commands, so it is said again here
-    /// only when the connection is subscribed (`link_ready`);
-    /// otherwise the runner says it once it is (see [`Slot::on_running`]).
-    pub fn on_reconnected(&mut self, link_ready: bool) -> Vec<Action> {
+    /// After the connection came back: the last status, to say again. Not
+    /// `Running`: the runner says it again itself (see [`Slot::on_running`])
+    /// once it has published its retained state again, so that its state is
+    /// on the broker before its `Running`, as at a start.
+    pub fn on_reconnected(&mut self) -> Vec<Action> {
         match self.last_status.clone() {
-            Some(mut last) if last.status != Status::Running || link_ready => {
+            Some(mut last) if last.status != Status::Running => {
                 // Said again, it answers no command.
                 last.pza_id = None;
                 vec![self.record(last)]
@@ -669,13 +669,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn after_an_outage_running_is_said_again_only_on_a_ready_link() {
+    async fn after_an_outage_running_is_said_again_by_the_runner_only() {
         let mut slot = running_slot();
-        assert!(slot.on_reconnected(false).is_empty());
-        assert_eq!(statuses(&slot.on_reconnected(true)), vec![Status::Running]);
+        assert!(slot.on_reconnected().is_empty());
+        let generation = slot.generation;
+        assert_eq!(
+            statuses(&slot.on_running(generation, true, Instant::now())),
+            vec![Status::Running],
+            "once the runner has published its state again"
+        );
         let mut failed = running_slot();
         failed.on_restart_cmd(Some("id".into()));
-        let actions = failed.on_reconnected(false);
+        let actions = failed.on_reconnected();
         let restarting = report(&actions, Status::Restarting);
         assert_eq!(restarting.pza_id, None, "said again, it answers no command");
     }
