@@ -7,13 +7,17 @@
 //!
 //! The server is the binary, a process of its own ([`ServerProcess`]), so
 //! that the CPU read from `/proc/<pid>/task/*/schedstat` is the server's
-//! (its broker included) and none of the harness's. Three kinds of block
+//! (its broker included) and none of the harness's. Four kinds of block
 //! alternate, their order rotating from one round to the next:
 //! - quiet: round trips to the healthy runner alone;
 //! - loaded: the same round trips, with the crash loop running;
+//! - busy neighbour: the same round trips, while a third runner is sent
+//!   commands one at a time, each as soon as the previous one is answered
+//!   (a reference: what any busy neighbour costs, crash or not);
 //! - crash loop alone: no round trips.
 //!
-//! The p99 of the loaded blocks is compared with the quiet ones'. CPU per
+//! The p99 of the loaded blocks is compared with the quiet ones', and so is
+//! the busy neighbour blocks' (a reference, without a target). CPU per
 //! command is the server's CPU over the quiet blocks divided by the round
 //! trips answered in them, CPU per crash its CPU over the crash-loop-alone
 //! blocks divided by the crashes in them: neither includes the other's work.
@@ -70,6 +74,7 @@ const TARGET_CPU_RATIO: f64 = 2.0;
 
 const HEALTHY: &str = "healthy";
 const CRASHING: &str = "crashy";
+const BUSY: &str = "busy";
 
 /// Longest wait for the server to accept connections and its runners to be
 /// `Running`, for one step of a crash, and for the exit after SIGTERM.
@@ -86,7 +91,11 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
     let mut server = ServerProcess::spawn(
         &binary,
         "isolation",
-        &[emulator_runner(HEALTHY, 0), crashing_runner(CRASHING)],
+        &[
+            emulator_runner(HEALTHY, 0),
+            crashing_runner(CRASHING),
+            emulator_runner(BUSY, 0),
+        ],
     )?;
     let m = measure_on(&mut server, ctx.smoke)
         .await
@@ -98,7 +107,11 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
     let per_command = m.quiet_cpu.per(m.quiet.count);
     let per_crash = m.alone_cpu.per(m.alone_crashes);
     let cpu_ratio = per_crash.all.as_secs_f64() / per_command.all.as_secs_f64().max(1e-12);
-    let ended = m.idle_cpu.ended + m.quiet_cpu.ended + m.loaded_cpu.ended + m.alone_cpu.ended;
+    let ended = m.idle_cpu.ended
+        + m.quiet_cpu.ended
+        + m.loaded_cpu.ended
+        + m.busy_cpu.ended
+        + m.alone_cpu.ended;
     let ended = if ended == 0 {
         String::new()
     } else {
@@ -140,6 +153,17 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
         Row::new(
             figure,
             format!(
+                "healthy runner, other runner busy with commands (reference, n={}; {} commands, {})",
+                m.busy.count,
+                thousands(m.busy_commands as u64),
+                rate(m.busy_commands as f64 / m.busy_cpu.wall.as_secs_f64().max(1e-9))
+            ),
+            format!("{}; server {:.2} cores", m.busy.text(), m.busy_cpu.cores()),
+        )
+        .baseline(m.quiet.text(), ratio_text(&m.busy, &m.quiet)),
+        Row::new(
+            figure,
+            format!(
                 "server CPU: per crash, crash loop alone ({} crashes, {}); per command, quiet blocks ({} commands)",
                 thousands(m.alone_crashes as u64),
                 rate(m.alone_crashes as f64 / m.alone_cpu.wall.as_secs_f64().max(1e-9)),
@@ -169,11 +193,14 @@ pub async fn run(ctx: &mut Context) -> anyhow::Result<Vec<Row>> {
 struct Measured {
     quiet: Summary,
     loaded: Summary,
+    busy: Summary,
     loaded_crashes: usize,
+    busy_commands: usize,
     alone_crashes: usize,
     idle_cpu: Cpu,
     quiet_cpu: Cpu,
     loaded_cpu: Cpu,
+    busy_cpu: Cpu,
     alone_cpu: Cpu,
 }
 
@@ -182,10 +209,16 @@ struct Measured {
 enum Block {
     Quiet,
     Loaded,
+    BusyNeighbour,
     CrashLoopAlone,
 }
 
-const BLOCK_ORDER: [Block; 3] = [Block::Quiet, Block::Loaded, Block::CrashLoopAlone];
+const BLOCK_ORDER: [Block; 4] = [
+    Block::Quiet,
+    Block::Loaded,
+    Block::BusyNeighbour,
+    Block::CrashLoopAlone,
+];
 
 /// The server process's CPU time over some blocks, and their wall time.
 #[derive(Debug, Clone, Copy, Default)]
@@ -255,9 +288,13 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
     let port = server.port;
     let pid = server.pid();
     let mut watcher = BenchClient::connect(port, "pza-bench-iso-watch").await?;
-    let names = [HEALTHY.to_string(), CRASHING.to_string()];
+    let names = [HEALTHY.to_string(), CRASHING.to_string(), BUSY.to_string()];
     watcher
-        .subscribe(&[status_topic(HEALTHY), status_topic(CRASHING)])
+        .subscribe(&[
+            status_topic(HEALTHY),
+            status_topic(CRASHING),
+            status_topic(BUSY),
+        ])
         .await?;
     wait_all_status(&mut watcher, &names, "Running", START_TIMEOUT).await?;
     drop(watcher);
@@ -265,9 +302,14 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
     let targets = [Target::Runner(HEALTHY.into())];
     let mut pinger = Pinger::connect(port, "iso", &targets).await?;
     let mut crasher = Crasher::connect(port).await?;
+    let busy_targets = [Target::Runner(BUSY.into())];
+    let mut neighbour = Pinger::connect(port, "iso-busy", &busy_targets).await?;
     let budget = BLOCK_BUDGET.get(smoke);
     pinger
         .interleaved(&targets, WARMUP.get(smoke), budget)
+        .await?;
+    neighbour
+        .interleaved(&busy_targets, WARMUP.get(smoke), budget)
         .await?;
     crasher
         .run(WARMUP_CRASHES.get(smoke), Instant::now() + budget, || false)
@@ -284,9 +326,11 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
 
     let mut quiet = Vec::new();
     let mut loaded = Vec::new();
-    let (mut loaded_crashes, mut alone_crashes) = (0, 0);
+    let mut busy = Vec::new();
+    let (mut loaded_crashes, mut alone_crashes, mut busy_commands) = (0, 0, 0);
     let mut quiet_cpu = Cpu::default();
     let mut loaded_cpu = Cpu::default();
+    let mut busy_cpu = Cpu::default();
     let mut alone_cpu = Cpu::default();
     let per_block = BLOCK_SAMPLES.get(smoke);
     for round in 0..ROUNDS.get(smoke) {
@@ -317,6 +361,32 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
                     loaded.extend(samples.into_iter().flatten());
                     loaded_crashes += crashes;
                 }
+                Block::BusyNeighbour => {
+                    // The neighbour's commands go on until the round trips
+                    // are done.
+                    let done = AtomicBool::new(false);
+                    let round_trips = async {
+                        let samples = pinger.interleaved(&targets, per_block, budget).await;
+                        done.store(true, Ordering::Relaxed);
+                        samples
+                    };
+                    let safety = Instant::now() + budget + 2 * STEP_TIMEOUT;
+                    let commands = async {
+                        let mut answered = 0;
+                        loop {
+                            neighbour.round_trip(&busy_targets[0]).await?;
+                            answered += 1;
+                            if done.load(Ordering::Relaxed) || Instant::now() >= safety {
+                                return anyhow::Ok(answered);
+                            }
+                        }
+                    };
+                    let (samples, commands) = busy_cpu
+                        .add(pid, async { tokio::try_join!(round_trips, commands) })
+                        .await?;
+                    busy.extend(samples.into_iter().flatten());
+                    busy_commands += commands;
+                }
                 Block::CrashLoopAlone => {
                     let limit = BLOCK_CRASHES.get(smoke);
                     alone_crashes += alone_cpu
@@ -329,11 +399,14 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
     Ok(Measured {
         quiet: Summary::of(&quiet).context("no quiet sample")?,
         loaded: Summary::of(&loaded).context("no loaded sample")?,
+        busy: Summary::of(&busy).context("no busy-neighbour sample")?,
         loaded_crashes,
+        busy_commands,
         alone_crashes,
         idle_cpu,
         quiet_cpu,
         loaded_cpu,
+        busy_cpu,
         alone_cpu,
     })
 }
