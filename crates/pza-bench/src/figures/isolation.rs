@@ -346,17 +346,11 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
                 Block::Loaded => {
                     // The crash loop runs until the round trips are done.
                     let done = AtomicBool::new(false);
-                    let round_trips = async {
-                        let samples = pinger.interleaved(&targets, per_block, budget).await;
-                        done.store(true, Ordering::Relaxed);
-                        samples
-                    };
-                    // The round trips end within their budget, or fail
-                    // within a reply's timeout: the deadline is a safety net.
-                    let safety = Instant::now() + budget + 2 * STEP_TIMEOUT;
-                    let crashes = crasher.run(usize::MAX, safety, || done.load(Ordering::Relaxed));
+                    let crashes =
+                        crasher.run(usize::MAX, safety(budget), || done.load(Ordering::Relaxed));
+                    let round_trips = pinger.interleaved(&targets, per_block, budget);
                     let (samples, crashes) = loaded_cpu
-                        .add(pid, async { tokio::try_join!(round_trips, crashes) })
+                        .add(pid, alongside(round_trips, &done, crashes))
                         .await?;
                     loaded.extend(samples.into_iter().flatten());
                     loaded_crashes += crashes;
@@ -365,12 +359,7 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
                     // The neighbour's commands go on until the round trips
                     // are done.
                     let done = AtomicBool::new(false);
-                    let round_trips = async {
-                        let samples = pinger.interleaved(&targets, per_block, budget).await;
-                        done.store(true, Ordering::Relaxed);
-                        samples
-                    };
-                    let safety = Instant::now() + budget + 2 * STEP_TIMEOUT;
+                    let safety = safety(budget);
                     let commands = async {
                         let mut answered = 0;
                         loop {
@@ -381,8 +370,9 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
                             }
                         }
                     };
+                    let round_trips = pinger.interleaved(&targets, per_block, budget);
                     let (samples, commands) = busy_cpu
-                        .add(pid, async { tokio::try_join!(round_trips, commands) })
+                        .add(pid, alongside(round_trips, &done, commands))
                         .await?;
                     busy.extend(samples.into_iter().flatten());
                     busy_commands += commands;
@@ -409,6 +399,28 @@ async fn measure_on(server: &mut ServerProcess, smoke: bool) -> anyhow::Result<M
         busy_cpu,
         alone_cpu,
     })
+}
+
+/// The end of a block whose round trips share the server with a load: the
+/// round trips end within their budget, or fail within a reply's timeout,
+/// so this deadline is only a safety net for the load.
+fn safety(budget: Duration) -> Instant {
+    Instant::now() + budget + 2 * STEP_TIMEOUT
+}
+
+/// Runs `round_trips` and `load` together, setting `done` once the round
+/// trips are over, which the load watches to stop.
+async fn alongside<T>(
+    round_trips: impl std::future::Future<Output = anyhow::Result<Vec<Vec<Duration>>>>,
+    done: &AtomicBool,
+    load: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(Vec<Vec<Duration>>, T)> {
+    let round_trips = async {
+        let samples = round_trips.await;
+        done.store(true, Ordering::Relaxed);
+        samples
+    };
+    tokio::try_join!(round_trips, load)
 }
 
 /// Crashes the crashing runner, as fast as it restarts, over one connection
