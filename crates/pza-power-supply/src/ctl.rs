@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::connect::{self, ConnectArgs, Environment};
 use crate::drivers::DriverFactory;
+use crate::stdout;
 
 /// Usage, config or connection error.
 pub const EXIT_ERROR: u8 = 1;
@@ -149,9 +150,9 @@ async fn execute(args: CtlArgs, factory: &DriverFactory) -> Result<(), Failure> 
         CtlCommand::Get { name } => {
             let snapshot = client.power_supply(name).snapshot().await?;
             if json {
-                println!("{}", snapshot_json(&snapshot));
+                say(snapshot_json(&snapshot))?;
             } else {
-                print!("{}", snapshot_text(&snapshot));
+                printed(stdout::print(&snapshot_text(&snapshot)))?;
             }
         }
         CtlCommand::Set(set_args) => set(&client, set_args, json).await?,
@@ -159,9 +160,9 @@ async fn execute(args: CtlArgs, factory: &DriverFactory) -> Result<(), Failure> 
         CtlCommand::Restart { name } => {
             client.power_supply(&name).restart().await?;
             if json {
-                println!("{}", json!({"name": name, "restart": "scheduled"}));
+                say(json!({"name": name, "restart": "scheduled"}))?;
             } else {
-                println!("{name}: restart scheduled");
+                say(format!("{name}: restart scheduled"))?;
             }
         }
     }
@@ -170,7 +171,7 @@ async fn execute(args: CtlArgs, factory: &DriverFactory) -> Result<(), Failure> 
     Ok(())
 }
 
-async fn list(client: &Client, json: bool) -> Result<(), Error> {
+async fn list(client: &Client, json: bool) -> Result<(), Failure> {
     let all = client.snapshots().await?;
     if json {
         let items: Vec<Value> = all
@@ -183,7 +184,7 @@ async fn list(client: &Client, json: bool) -> Result<(), Error> {
                 })
             })
             .collect();
-        println!("{}", json!({ "power_supplies": items }));
+        say(json!({ "power_supplies": items }))?;
         return Ok(());
     }
     let rows: Vec<[String; 3]> = all
@@ -198,19 +199,27 @@ async fn list(client: &Client, json: bool) -> Result<(), Error> {
         .collect();
     let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0);
     let (w0, w1) = (width(0), width(1));
-    for [name, model, status] in rows {
-        println!("{name:w0$}  {model:w1$}  {status}");
-    }
+    let text: String = rows
+        .into_iter()
+        .map(|[name, model, status]| format!("{name:w0$}  {model:w1$}  {status}\n"))
+        .collect();
+    printed(stdout::print(&text))?;
     Ok(())
 }
 
-async fn set(client: &Client, args: SetArgs, json: bool) -> Result<(), Error> {
+async fn set(client: &Client, args: SetArgs, json: bool) -> Result<(), Failure> {
     let psu = client.power_supply(&args.name);
     let mut done = Map::new();
     done.insert("name".into(), json!(args.name));
-    let show = |field: &str, text: String| {
-        if !json {
-            println!("{}: {field} {text}", args.name);
+    // A value is printed as soon as it is read back; stdout failing does not
+    // stop the sequence, whose later steps are sent anyway, and its error is
+    // reported once the sequence is done.
+    let mut unprinted = None;
+    let mut show = |field: &str, text: String| {
+        if !json && unprinted.is_none() {
+            if let Err(e) = stdout::line(format!("{}: {field} {text}", args.name)) {
+                unprinted = Some(e);
+            }
         }
     };
     let decimals = psu
@@ -240,13 +249,17 @@ async fn set(client: &Client, args: SetArgs, json: bool) -> Result<(), Error> {
         show("output", on_off(on).into());
         done.insert("output".into(), json!(on));
     }
+    if let Some(e) = unprinted {
+        return Err(unprintable(e));
+    }
     if json {
-        println!("{}", Value::Object(done));
+        say(Value::Object(done))?;
     }
     Ok(())
 }
 
-async fn watch(client: &Client, names: Vec<String>, all: bool, json: bool) -> Result<(), Error> {
+/// Prints each update until Ctrl+C, or until the reader of stdout has gone.
+async fn watch(client: &Client, names: Vec<String>, all: bool, json: bool) -> Result<(), Failure> {
     // Subscribed to the updates before the first lines are printed, so that
     // nothing happens unseen between the two.
     let mut updates = client.watch_all();
@@ -261,18 +274,21 @@ async fn watch(client: &Client, names: Vec<String>, all: bool, json: bool) -> Re
                 Err(Error::UnknownDevice { .. }) => {
                     eprintln!("pza-power-supply: {name}: not on the broker yet; watching for it")
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         initial
     };
     for snapshot in &initial {
-        if json {
+        let shown = if json {
             let mut line = snapshot_fields(snapshot);
             line.insert("event".into(), json!("snapshot"));
-            println!("{}", Value::Object(line));
+            say(Value::Object(line))?
         } else {
-            println!("{}", snapshot_line(snapshot));
+            say(snapshot_line(snapshot))?
+        };
+        if !shown {
+            return Ok(());
         }
     }
     let interrupted = tokio::signal::ctrl_c();
@@ -282,18 +298,36 @@ async fn watch(client: &Client, names: Vec<String>, all: bool, json: bool) -> Re
             _ = &mut interrupted => return Ok(()),
             update = updates.next() => match update {
                 Some(update) => update,
-                None => return Err(Error::Closed),
+                None => return Err(Error::Closed.into()),
             },
         };
         if !all && !wanted.contains(&update.name) {
             continue;
         }
-        if json {
-            println!("{}", update_json(&update));
+        let shown = if json {
+            say(update_json(&update))?
         } else {
-            println!("{}", update_text(&update));
+            say(update_text(&update))?
+        };
+        if !shown {
+            return Ok(());
         }
     }
+}
+
+/// Prints one line of a result; `Ok(false)` when the reader has gone.
+fn say(text: impl std::fmt::Display) -> Result<bool, Failure> {
+    printed(stdout::line(text))
+}
+
+/// A write on stdout that failed otherwise than by its reader going is a
+/// failure of the command.
+fn printed(written: std::io::Result<bool>) -> Result<bool, Failure> {
+    written.map_err(unprintable)
+}
+
+fn unprintable(e: std::io::Error) -> Failure {
+    Failure::Setup(anyhow::anyhow!("cannot write on stdout: {e}"))
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -19,7 +19,9 @@
 //! - [`mcp`]: the MCP server for AI assistants, inside `run` (HTTP) and as
 //!   `mcp --stdio`; its tools are the `pza-power-supply-mcp` crate.
 //! - [`cli`]: the command line; [`ctl`] its one-shot client commands, and
-//!   [`connect`] the `CONNECT` flags that reach a running server's broker.
+//!   [`connect`] the `CONNECT` flags that reach a running server's broker;
+//!   [`stdout`] prints their results, quietly stopping when the reader has
+//!   gone.
 
 pub mod cli;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod mcp;
 pub mod runners;
 pub mod server;
 pub mod simulator;
+pub mod stdout;
 pub mod tui;
 
 pub use pza_power_supply_protocol as protocol;

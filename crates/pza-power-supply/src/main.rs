@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pza_power_supply::cli::{self, Cli, Command};
 use pza_power_supply::drivers::DriverFactory;
-use pza_power_supply::{ctl, mcp};
+use pza_power_supply::{ctl, mcp, stdout};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +26,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Exit status of a usage error (clap's own is 2, which `ctl` gives to a
 /// command the server refused).
 const EXIT_USAGE: u8 = 1;
+
+/// Success, also when the reader of stdout has gone before the end.
+fn printed(written: std::io::Result<bool>) -> anyhow::Result<ExitCode> {
+    written
+        .map(|_| ExitCode::SUCCESS)
+        .map_err(|e| anyhow::anyhow!("cannot write on stdout: {e}"))
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -56,14 +63,10 @@ fn main() -> ExitCode {
 
     let factory = DriverFactory::with_builtin_models();
     let outcome = match cli.command {
-        Command::Version => {
-            println!("{}", cli::version());
-            Ok(ExitCode::SUCCESS)
+        Command::Version => printed(stdout::line(cli::version())),
+        Command::List(args) => {
+            cli::list(args, &factory).and_then(|text| printed(stdout::print(&text)))
         }
-        Command::List(args) => cli::list(args, &factory).map(|text| {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }),
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(cli::run(args, factory))),
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(cli::simulate(args))),
         Command::Ctl(args) => runtime().map(|rt| rt.block_on(ctl::run(args, &factory))),

@@ -253,3 +253,30 @@ async fn connect_when_up(port: u16) -> Client {
         None => panic!("the server did not come up on port {port}"),
     }
 }
+
+/// `version` and `list` with stdout on a pipe whose reader has gone (as in
+/// `pza-power-supply list --drivers | head -1` once `head` has exited): exit
+/// 0, nothing on stderr, no panic.
+#[cfg(unix)]
+#[test]
+fn a_reader_that_has_gone_is_not_an_error() {
+    let home = TempDir::new("closed-stdout").expect("a temp folder");
+    for args in [&["version"][..], &["list", "--drivers"]] {
+        let mut reader = Command::new("true")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run true");
+        let write_end = reader.stdin.take().expect("a pipe");
+        assert!(reader.wait().expect("true ends").success());
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("PZA_POWER_SUPPLY_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(write_end)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+}

@@ -479,3 +479,58 @@ async fn the_readme_ctl_commands_work_as_written() {
         }
     }
 }
+
+/// The write end of a pipe whose reader has already gone, as when `ctl` is
+/// piped into `head` and `head` has exited: a write on it fails with
+/// `BrokenPipe`.
+#[cfg(unix)]
+fn reader_gone() -> Stdio {
+    let mut reader = std::process::Command::new("true")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run true");
+    let write_end = reader.stdin.take().expect("a pipe");
+    assert!(reader.wait().expect("true ends").success());
+    Stdio::from(write_end)
+}
+
+/// `ctl ARGS` with stdout on a pipe whose reader has gone: the exit status
+/// and stderr.
+#[cfg(unix)]
+async fn ctl_into_a_closed_pipe(served: &Served, args: &[&str]) -> (Option<i32>, String) {
+    let mut command = served.ctl(args);
+    command.stdout(reader_gone()).stderr(Stdio::piped());
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || command.output().expect("run ctl")),
+    )
+    .await
+    .expect("ctl ends in time")
+    .expect("ctl thread");
+    (out.status.code(), stderr(&out))
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_reader_that_has_gone_ends_ctl_quietly_with_0() {
+    let served = started().await;
+    // `watch` stops at its first line instead of running until Ctrl+C;
+    // `set` still applies every value, in the safe order.
+    for args in [
+        &["watch", "psu"][..],
+        &["--json", "watch", "--all"],
+        &["get", "psu"],
+        &["--json", "get", "psu"],
+        &["list"],
+        &["restart", "low"],
+        &["set", "psu", "--voltage", "4", "--output", "on"],
+    ] {
+        let (code, err) = ctl_into_a_closed_pipe(&served, args).await;
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?}");
+    }
+    let out = ctl(&served, &["--json", "get", "psu"]).await;
+    let after = json(&out);
+    assert_eq!(after["voltage"], 4.0, "{after}");
+    assert_eq!(after["output"], true, "{after}");
+}
