@@ -26,6 +26,9 @@ use super::MAX_PAYLOAD_SIZE;
 /// Longest wait for the broker to route messages already received, at stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Pause before the drain's round trip is tried again after an error.
+const DRAIN_RETRY: Duration = Duration::from_millis(10);
+
 /// Time left to the broker's connection tasks after the drain, at stop.
 const DRAIN_LINGER: Duration = Duration::from_millis(100);
 
@@ -129,7 +132,7 @@ impl EmbeddedBroker {
     /// before it has been handed to its subscribers' connections. Without
     /// this, a process that exits right after its last publish (a `Stopped`
     /// status) could take those messages with it.
-    async fn drain(&self) -> bool {
+    async fn drain(&self) -> Result<(), String> {
         let topic = format!("pza-toolkit/drain/{:016x}", rand::random::<u64>());
         let endpoint = BrokerEndpoint::tcp(self.addr.ip().to_string(), self.addr.port());
         let options = client_options(
@@ -138,38 +141,47 @@ impl EmbeddedBroker {
             None,
         );
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let mut failure = None;
         let round_trip = async {
             loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                        client.try_subscribe(topic.clone(), QoS::AtLeastOnce).ok()?;
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                        client
-                            .try_publish(topic.clone(), QoS::AtLeastOnce, false, Vec::new())
-                            .ok()?;
-                    }
+                let failed = match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => client
+                        .try_subscribe(topic.clone(), QoS::AtLeastOnce)
+                        .err()
+                        .map(|e| e.to_string()),
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => client
+                        .try_publish(topic.clone(), QoS::AtLeastOnce, false, Vec::new())
+                        .err()
+                        .map(|e| e.to_string()),
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))
                         if p.topic == topic =>
                     {
                         let _ = client.try_disconnect();
-                        return Some(());
+                        return;
                     }
-                    Ok(_) => {}
-                    Err(_) => return None,
+                    Ok(_) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+                // Tried again (the next poll reconnects) until the timeout,
+                // a moment later so that a lasting failure does not spin.
+                if let Some(cause) = failed {
+                    failure = Some(cause);
+                    tokio::time::sleep(DRAIN_RETRY).await;
                 }
             }
         };
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, round_trip)
-            .await
-            .ok()
-            .flatten()
-            .is_some();
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, round_trip).await;
         // The router serves connections in its own order, and rumqttd does not
         // tell when a connection task has written what it was handed: leave
         // them a moment to do so.
         tokio::time::sleep(DRAIN_LINGER).await;
-        drained
+        match (drained, failure) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(cause)) => Err(format!(
+                "no round trip within {DRAIN_TIMEOUT:?}, last error: {cause}"
+            )),
+            (Err(_), None) => Err(format!("no round trip within {DRAIN_TIMEOUT:?}")),
+        }
     }
 
     /// The address the broker listens on.
@@ -182,8 +194,8 @@ impl EmbeddedBroker {
     /// their clients disconnect, or with the process; rumqttd offers no way to
     /// cut them from outside.
     pub async fn stop(self) {
-        if !self.drain().await {
-            tracing::warn!(addr = %self.addr, "the embedded MQTT broker did not drain in time");
+        if let Err(cause) = self.drain().await {
+            tracing::warn!(addr = %self.addr, %cause, "the embedded MQTT broker did not drain");
         }
         self.listener.abort();
         let _ = self.listener.await;
