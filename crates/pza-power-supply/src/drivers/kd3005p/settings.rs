@@ -1,7 +1,7 @@
 //! The model-specific settings of a `kd3005p` runner, read and checked.
 //!
 //! ```json5
-//! serial_port: { name: "/dev/ttyACM0" },
+//! serial_port: { name: "/dev/ttyACM0" },   // or just "/dev/ttyACM0"
 //! // or, found by USB id (numbers, or hex strings as lsusb prints them):
 //! serial_port: { usb_vid: 0x0416, usb_pid: "5011", serial_number: "ABC123" },
 //! pacing_ms: 80, settle_ms: 50, read_timeout_ms: 500,   // optional
@@ -24,14 +24,65 @@ struct RawSettings {
     read_timeout_ms: Option<u64>,
 }
 
-/// The `serial_port` key as written; the SCPI models read it too.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The `serial_port` key as written; the SCPI models read it too. A string
+/// is short for `{ name: ... }`.
+#[derive(Debug, Clone)]
 pub(crate) struct RawSerialPort {
     name: Option<String>,
     usb_vid: Option<UsbId>,
     usb_pid: Option<UsbId>,
     serial_number: Option<String>,
+}
+
+/// The object form of `serial_port`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SerialPortFields {
+    name: Option<String>,
+    usb_vid: Option<UsbId>,
+    usb_pid: Option<UsbId>,
+    serial_number: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawSerialPort {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = RawSerialPort;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a port name (\"/dev/ttyACM0\", \"COM3\"), { name }, \
+                     or { usb_vid, usb_pid, serial_number }",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawSerialPort, E> {
+                Ok(RawSerialPort {
+                    name: Some(name.to_owned()),
+                    usb_vid: None,
+                    usb_pid: None,
+                    serial_number: None,
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSerialPort, A::Error> {
+                let fields = SerialPortFields::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RawSerialPort {
+                    name: fields.name,
+                    usb_vid: fields.usb_vid,
+                    usb_pid: fields.usb_pid,
+                    serial_number: fields.serial_number,
+                })
+            }
+        }
+        deserializer.deserialize_any(Form)
+    }
 }
 
 /// A USB vendor or product id: a number (JSON5 allows `0x0416`) or a string
@@ -156,6 +207,23 @@ mod tests {
         assert_eq!(s.port, PortSelector::Name("/dev/ttyACM0".into()));
         assert_eq!(s.timing, Timing::default());
         assert_eq!(s.timing.pacing, Duration::from_millis(80));
+    }
+
+    #[test]
+    fn a_string_is_short_for_a_port_name() {
+        let s = parse(json!({"serial_port": "/dev/ttyACM0"})).unwrap();
+        assert_eq!(s.port, PortSelector::Name("/dev/ttyACM0".into()));
+        let s = parse(json!({"serial_port": "COM3"})).unwrap();
+        assert_eq!(s.port, PortSelector::Name("COM3".into()));
+        let err = parse(json!({"serial_port": ""})).unwrap_err();
+        assert_eq!(err.key, "serial_port.name", "{err}");
+        let err = parse(json!({"serial_port": 3})).unwrap_err();
+        assert_eq!(err.key, "serial_port", "{err}");
+        assert!(
+            err.to_string()
+                .contains("a port name (\"/dev/ttyACM0\", \"COM3\"), { name }"),
+            "{err}"
+        );
     }
 
     #[test]
