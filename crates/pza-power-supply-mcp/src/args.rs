@@ -24,6 +24,7 @@ pub struct VoltageArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
     pub device: Option<String>,
     /// The voltage setpoint, in volts (V). The server refuses a value outside the supply's security limits rather than clamping it.
+    #[serde(deserialize_with = "number")]
     pub volts: f64,
 }
 
@@ -34,6 +35,7 @@ pub struct CurrentArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
     pub device: Option<String>,
     /// The current limit, in amps (A). The server refuses a value outside the supply's security limits rather than clamping it.
+    #[serde(deserialize_with = "number")]
     pub amps: f64,
 }
 
@@ -45,4 +47,30 @@ pub struct OutputArgs {
     pub device: Option<String>,
     /// `true` turns the output on (the load is powered), `false` turns it off.
     pub on: bool,
+}
+
+/// A JSON number, refused otherwise with "expected a number" (serde's own
+/// message says "expected f64", a Rust type, to the assistant).
+fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    struct Number;
+    impl serde::de::Visitor<'_> for Number {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+    }
+    deserializer.deserialize_f64(Number)
 }

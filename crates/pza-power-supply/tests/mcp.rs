@@ -364,7 +364,10 @@ async fn bad_calls_are_tool_errors_naming_the_problem() {
     let r = peer
         .call("set_voltage", json!({"device": "psu", "volts": "five"}))
         .await;
-    assert!(is_error(&r) && text(&r).contains("expected f64"), "{r}");
+    assert!(
+        is_error(&r) && text(&r).contains("invalid type: string \"five\", expected a number"),
+        "{r}"
+    );
     let r = peer
         .call(
             "set_output",

@@ -57,7 +57,8 @@ pub fn read_json5_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFile
 ///
 /// The text is first read into a JSON value (syntax errors carry a line and a
 /// column), then that value is mapped onto `T` (errors carry the key path and
-/// serde's own wording: `invalid type: string "x", expected u16`).
+/// serde's wording in a config file's terms, see [`plain_message`]:
+/// `invalid type: string "x", expected a whole number from 0 to 65535`).
 pub fn parse_json5<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigFileError> {
     from_value(path, parse_json5_value(path, text)?, "")
 }
@@ -113,8 +114,48 @@ pub fn from_value<T: DeserializeOwned>(
             (false, true) => key_prefix.to_string(),
             (false, false) => format!("{key_prefix}.{inner}"),
         };
-        invalid(path, key, e.into_inner().to_string())
+        invalid(path, key, plain_message(&e.into_inner().to_string()))
     })
+}
+
+/// serde's message for a value that does not fit, with the Rust types it
+/// names (`expected u16`, `expected struct TcpConfig`, `invalid type:
+/// sequence`) said in a config file's terms (a whole number and its range,
+/// a number, an object, an array).
+pub fn plain_message(message: &str) -> String {
+    let message = message
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("invalid type: map", "invalid type: object");
+    let Some(at) = message.find("expected ") else {
+        return message;
+    };
+    let (head, rest) = message.split_at(at + "expected ".len());
+    let word_end = |text: &str| {
+        text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(text.len())
+    };
+    let (expected, tail) = if let Some(name) = rest.strip_prefix("struct ") {
+        ("an object ({ ... })", &name[word_end(name)..])
+    } else {
+        let (word, tail) = rest.split_at(word_end(rest));
+        let plain = match word {
+            "u8" => "a whole number from 0 to 255",
+            "u16" => "a whole number from 0 to 65535",
+            "u32" => "a whole number from 0 to 4294967295",
+            "u64" | "usize" => "a whole number from 0",
+            "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+            "f32" | "f64" => "a number",
+            "a" if tail.starts_with(" map") => {
+                return format!("{head}an object ({{ ... }}){}", &tail[4..])
+            }
+            "a" if tail.starts_with(" sequence") => {
+                return format!("{head}an array ([ ... ]){}", &tail[9..])
+            }
+            _ => return message,
+        };
+        (plain, tail)
+    };
+    format!("{head}{expected}{tail}")
 }
 
 /// An `Invalid` error at `key` of the file `path`.
@@ -163,6 +204,51 @@ pub fn write_file(path: &Path, contents: &str) -> Result<(), ConfigFileError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serde_messages_in_a_config_files_terms() {
+        for (serde, plain) in [
+            (
+                "invalid type: string \"1883\", expected u16",
+                "invalid type: string \"1883\", expected a whole number from 0 to 65535",
+            ),
+            (
+                "invalid value: integer `-1`, expected u32",
+                "invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u64",
+                "invalid type: floating point `1.5`, expected a whole number from 0",
+            ),
+            (
+                "invalid type: string \"5\", expected f64",
+                "invalid type: string \"5\", expected a number",
+            ),
+            (
+                "invalid type: integer `5`, expected struct BrokerConfig",
+                "invalid type: integer `5`, expected an object ({ ... })",
+            ),
+            (
+                "invalid type: sequence, expected a map",
+                "invalid type: array, expected an object ({ ... })",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "invalid type: object, expected an array ([ ... ])",
+            ),
+            (
+                "invalid type: integer `5`, expected a string",
+                "invalid type: integer `5`, expected a string",
+            ),
+            (
+                "unknown variant `explode`, expected `keep` or `output_off`",
+                "unknown variant `explode`, expected `keep` or `output_off`",
+            ),
+            ("missing field `model`", "missing field `model`"),
+        ] {
+            assert_eq!(super::plain_message(serde), plain);
+        }
+    }
+
     use super::*;
     use serde::Deserialize;
 

@@ -25,7 +25,7 @@ impl SettingsError {
         let key = e.path().to_string();
         SettingsError {
             key: if key.is_empty() { ".".into() } else { key },
-            message: e.into_inner().to_string(),
+            message: pza_toolkit::config::plain_message(&e.into_inner().to_string()),
         }
     }
 }
