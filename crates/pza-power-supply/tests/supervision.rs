@@ -682,3 +682,31 @@ async fn a_full_mailbox_answers_at_once_and_every_command_gets_one_answer() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_waiting_through_a_backoff_is_refused_if_the_next_start_fails_too() {
+    // The first two initializations fail: a command sent during the first
+    // backoff waits for the second start, which fails and answers it; one
+    // sent during the second backoff is served by the third start.
+    let server = TestServer::start(
+        r#"w: { model: "emulator", measure_period_ms: 0, faults: { fail_initialize: 2 },
+               restart: { initial_delay_ms: 300, multiplier: 1, jitter: 0, max_retries: 5 } }"#,
+    )
+    .await;
+    let mut c = server.client().await;
+    c.subscribe("power-supply/w/#").await;
+    statuses_until(&mut c, "w", "Restarting").await;
+    send_voltage(&c, "w", "c1", "3").await;
+    let refused = c.wait_reply("c1").await;
+    assert_eq!(refused.topic, "power-supply/w/error");
+    assert_eq!(
+        refused.json()["message"],
+        "not applied: the runner is restarting"
+    );
+    send_voltage(&c, "w", "c2", "3").await;
+    let served = c.wait_reply("c2").await;
+    assert_eq!(served.topic, "power-supply/w/voltage");
+    assert_eq!(served.json()["voltage"], "3.00");
+    assert_eq!(server.emulator.device("w").unwrap().initializations, 3);
+    server.stop().await;
+}
