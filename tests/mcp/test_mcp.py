@@ -189,7 +189,7 @@ INITIALIZE = json.dumps(
 )
 
 
-def post(server, path, headers):
+def post(server, path, headers, body=INITIALIZE):
     connection = http.client.HTTPConnection("127.0.0.1", server.mcp_port, timeout=10)
     try:
         connection.putrequest("POST", path, skip_host=True)
@@ -197,12 +197,12 @@ def post(server, path, headers):
             "Host": f"127.0.0.1:{server.mcp_port}",
             "Content-Type": "application/json",
             "Accept": "application/json, text/event-stream",
-            "Content-Length": str(len(INITIALIZE)),
+            "Content-Length": str(len(body.encode())),
         }
         all_headers.update(headers)
         for name, value in all_headers.items():
             connection.putheader(name, value)
-        connection.endheaders(INITIALIZE.encode())
+        connection.endheaders(body.encode())
         response = connection.getresponse()
         return response.status, response.getheader("WWW-Authenticate"), response.read().decode()
     finally:
@@ -234,3 +234,21 @@ def test_without_the_token_it_is_401(server):
         status, _, _ = post(server, path, server.auth)
         assert status == 200, path
 
+
+
+def test_a_body_that_is_not_json_is_a_json_rpc_parse_error(server):
+    bodies = {
+        "garbage": "expected value at line 1 column 1",
+        '{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+        '"params":{"name":"set_voltage","arguments":{"device":"psu","volts":1e400}}}': "number out of range",
+        INITIALIZE[:-1]: "EOF while parsing",
+    }
+    for path in ["/mcp", "/power-supply/psu"]:
+        for body, reason in bodies.items():
+            status, _, answer = post(server, path, server.auth, body)
+            assert status == 400, (path, body, status, answer)
+            error = json.loads(answer)
+            assert error["id"] is None and error["error"]["code"] == -32700, answer
+            assert reason in error["error"]["message"], answer
+        status, _, _ = post(server, path, server.auth)
+        assert status == 200, path

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -21,6 +21,9 @@ use tower_service::Service as _;
 
 use crate::security::{Refusal, Security};
 use crate::tools::{PowerSupplyTools, Scope};
+
+/// The largest request body taken (a tool call takes a few hundred bytes).
+const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The path serving every power supply.
 pub const ALL_PATH: &str = "/mcp";
@@ -101,20 +104,56 @@ fn service(client: Client, scope: Scope, shutdown: &CancellationToken) -> McpSer
     )
 }
 
+/// In front of every route: the `Host`, `Origin` and token checks, then a
+/// posted body that is not JSON is answered here, as JSON-RPC says (400 and
+/// a parse error, -32700, naming where it failed), rather than by rmcp's
+/// "415 Unsupported Media Type" for a body whose media type was right.
 async fn guard(State(security): State<Arc<Security>>, request: Request, next: Next) -> Response {
     match security.check(request.headers()) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {}
         Err(Refusal::Forbidden(why)) => {
             tracing::warn!("MCP request refused: {why}");
-            (StatusCode::FORBIDDEN, format!("Forbidden: {why}\n")).into_response()
+            return (StatusCode::FORBIDDEN, format!("Forbidden: {why}\n")).into_response();
         }
-        Err(Refusal::Unauthorized) => (
+        Err(Refusal::Unauthorized) => return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             "Unauthorized: this MCP server needs \"Authorization: Bearer <token>\" (mcp.token)\n",
         )
             .into_response(),
     }
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return parse_error(format!(
+                "cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}"
+            ))
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        return parse_error(format!("the request body is not JSON: {e}"));
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// A JSON-RPC parse error, with no id (none could be read).
+fn parse_error(message: String) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32700, "message": format!("Parse error: {message}") },
+    });
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn device(
