@@ -114,7 +114,7 @@ def test_31_volts_on_a_30_volt_limit_is_refused_by_the_runner(server):
     assert text(refused) == "voltage 31 exceeds security_max_voltage 30"
     assert after.structured_content["volts"] == 4.0, "the refused value never reached the device"
     assert unknown.is_error and "`nope` is not on the broker" in text(unknown)
-    assert bad.is_error and 'invalid type: string "high", expected a number' in text(bad)
+    assert bad.is_error and 'invalid type: string "high", expected `volts` as a number' in text(bad)
 
 
 def test_the_per_device_endpoint_serves_one_supply_without_a_device_argument(server):

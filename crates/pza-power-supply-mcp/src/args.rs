@@ -14,6 +14,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct DeviceArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
+    #[serde(default, deserialize_with = "device")]
     pub device: Option<String>,
 }
 
@@ -22,9 +23,10 @@ pub struct DeviceArgs {
 #[serde(deny_unknown_fields)]
 pub struct VoltageArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
+    #[serde(default, deserialize_with = "device")]
     pub device: Option<String>,
     /// The voltage setpoint, in volts (V). The server refuses a value outside the supply's security limits rather than clamping it.
-    #[serde(deserialize_with = "number")]
+    #[serde(deserialize_with = "volts")]
     pub volts: f64,
 }
 
@@ -33,9 +35,10 @@ pub struct VoltageArgs {
 #[serde(deny_unknown_fields)]
 pub struct CurrentArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
+    #[serde(default, deserialize_with = "device")]
     pub device: Option<String>,
     /// The current limit, in amps (A). The server refuses a value outside the supply's security limits rather than clamping it.
-    #[serde(deserialize_with = "number")]
+    #[serde(deserialize_with = "amps")]
     pub amps: f64,
 }
 
@@ -44,33 +47,124 @@ pub struct CurrentArgs {
 #[serde(deny_unknown_fields)]
 pub struct OutputArgs {
     /// The power supply's name, as `list_power_supplies` gives it.
+    #[serde(default, deserialize_with = "device")]
     pub device: Option<String>,
     /// `true` turns the output on (the load is powered), `false` turns it off.
+    #[serde(deserialize_with = "on")]
     pub on: bool,
 }
 
-/// A JSON number, refused otherwise with "expected a number" (serde's own
-/// message says "expected f64", a Rust type, to the assistant).
-fn number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    struct Number;
-    impl serde::de::Visitor<'_> for Number {
-        type Value = f64;
+// The arguments are read with messages that name them: serde's own say only
+// the Rust type expected (`invalid type: string "x", expected f64`), not
+// which argument was wrong.
 
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a number")
-        }
+fn volts<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    deserializer.deserialize_f64(NumberArg("volts"))
+}
 
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
-            Ok(v)
-        }
+fn amps<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    deserializer.deserialize_f64(NumberArg("amps"))
+}
 
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
+fn on<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    deserializer.deserialize_bool(BoolArg("on"))
+}
 
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
+fn device<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    deserializer.deserialize_string(TextArg("device")).map(Some)
+}
+
+/// A JSON number, for the argument it names.
+struct NumberArg(&'static str);
+
+impl serde::de::Visitor<'_> for NumberArg {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "`{}` as a number", self.0)
     }
-    deserializer.deserialize_f64(Number)
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+}
+
+/// A JSON boolean, for the argument it names.
+struct BoolArg(&'static str);
+
+impl serde::de::Visitor<'_> for BoolArg {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "`{}` as a boolean (true or false)", self.0)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+        Ok(v)
+    }
+}
+
+/// A JSON string, for the argument it names.
+struct TextArg(&'static str);
+
+impl serde::de::Visitor<'_> for TextArg {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "`{}` as a string", self.0)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error<T: serde::de::DeserializeOwned + std::fmt::Debug>(args: serde_json::Value) -> String {
+        serde_json::from_value::<T>(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_argument() {
+        assert_eq!(
+            error::<VoltageArgs>(json!({"device": "psu", "volts": "five"})),
+            "invalid type: string \"five\", expected `volts` as a number"
+        );
+        assert_eq!(
+            error::<CurrentArgs>(json!({"device": "psu", "amps": true})),
+            "invalid type: boolean `true`, expected `amps` as a number"
+        );
+        assert_eq!(
+            error::<OutputArgs>(json!({"device": "psu", "on": "yes"})),
+            "invalid type: string \"yes\", expected `on` as a boolean (true or false)"
+        );
+        assert_eq!(
+            error::<DeviceArgs>(json!({"device": 5})),
+            "invalid type: integer `5`, expected `device` as a string"
+        );
+    }
+
+    #[test]
+    fn good_arguments_are_read() {
+        let v: VoltageArgs = serde_json::from_value(json!({"device": "psu", "volts": 5})).unwrap();
+        assert_eq!((v.device.as_deref(), v.volts), (Some("psu"), 5.0));
+        let c: CurrentArgs = serde_json::from_value(json!({"amps": 0.25})).unwrap();
+        assert_eq!((c.device, c.amps), (None, 0.25));
+        let o: OutputArgs = serde_json::from_value(json!({"device": "psu", "on": false})).unwrap();
+        assert!(!o.on);
+        let d: DeviceArgs = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(d.device, None);
+    }
 }

@@ -365,7 +365,8 @@ async fn bad_calls_are_tool_errors_naming_the_problem() {
         .call("set_voltage", json!({"device": "psu", "volts": "five"}))
         .await;
     assert!(
-        is_error(&r) && text(&r).contains("invalid type: string \"five\", expected a number"),
+        is_error(&r)
+            && text(&r).contains("invalid type: string \"five\", expected `volts` as a number"),
         "{r}"
     );
     let r = peer
