@@ -70,8 +70,9 @@ fn on<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Erro
     deserializer.deserialize_bool(BoolArg("on"))
 }
 
+/// `null` reads as left out.
 fn device<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    deserializer.deserialize_string(TextArg("device")).map(Some)
+    deserializer.deserialize_option(OptionalText("device"))
 }
 
 /// A JSON number, for the argument it names.
@@ -127,6 +128,32 @@ impl serde::de::Visitor<'_> for TextArg {
     }
 }
 
+/// An optional JSON string, for the argument it names.
+struct OptionalText(&'static str);
+
+impl<'de> serde::de::Visitor<'de> for OptionalText {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "`{}` as a string", self.0)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        deserializer.deserialize_string(TextArg(self.0)).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +192,8 @@ mod tests {
         let o: OutputArgs = serde_json::from_value(json!({"device": "psu", "on": false})).unwrap();
         assert!(!o.on);
         let d: DeviceArgs = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(d.device, None);
+        let d: DeviceArgs = serde_json::from_value(json!({"device": null})).unwrap();
         assert_eq!(d.device, None);
     }
 }

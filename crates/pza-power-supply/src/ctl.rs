@@ -327,7 +327,7 @@ fn printed(written: std::io::Result<bool>) -> Result<bool, Failure> {
 }
 
 fn unprintable(e: std::io::Error) -> Failure {
-    Failure::Setup(anyhow::anyhow!("cannot write on stdout: {e}"))
+    Failure::Setup(stdout::unwritable(e))
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -31,7 +31,7 @@ const EXIT_USAGE: u8 = 1;
 fn printed(written: std::io::Result<bool>) -> anyhow::Result<ExitCode> {
     written
         .map(|_| ExitCode::SUCCESS)
-        .map_err(|e| anyhow::anyhow!("cannot write on stdout: {e}"))
+        .map_err(stdout::unwritable)
 }
 
 fn main() -> ExitCode {

@@ -22,3 +22,9 @@ pub fn print(text: &str) -> io::Result<bool> {
 pub fn line(text: impl std::fmt::Display) -> io::Result<bool> {
     print(&format!("{text}\n"))
 }
+
+/// The error for a write on stdout that failed otherwise than by its reader
+/// going.
+pub fn unwritable(e: io::Error) -> anyhow::Error {
+    anyhow::anyhow!("cannot write on stdout: {e}")
+}

@@ -123,10 +123,17 @@ pub fn from_value<T: DeserializeOwned>(
 /// sequence`) said in a config file's terms (a whole number and its range,
 /// a number, an object, an array).
 pub fn plain_message(message: &str) -> String {
-    let message = message
-        .replace("invalid type: sequence", "invalid type: array")
-        .replace("invalid type: map", "invalid type: object");
-    let Some(at) = message.find("expected ") else {
+    // Only serde's own words are rewritten, never a value quoted in the
+    // message: the type found comes first, what was expected last.
+    let message = match (
+        message.strip_prefix("invalid type: sequence"),
+        message.strip_prefix("invalid type: map"),
+    ) {
+        (Some(rest), _) => format!("invalid type: array{rest}"),
+        (_, Some(rest)) => format!("invalid type: object{rest}"),
+        _ => message.to_string(),
+    };
+    let Some(at) = message.rfind("expected ") else {
         return message;
     };
     let (head, rest) = message.split_at(at + "expected ".len());
@@ -244,6 +251,10 @@ mod tests {
                 "unknown variant `explode`, expected `keep` or `output_off`",
             ),
             ("missing field `model`", "missing field `model`"),
+            (
+                "invalid type: string \"expected u16 or a map\", expected u16",
+                "invalid type: string \"expected u16 or a map\", expected a whole number from 0 to 65535",
+            ),
         ] {
             assert_eq!(super::plain_message(serde), plain);
         }

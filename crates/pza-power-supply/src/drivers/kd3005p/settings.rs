@@ -24,18 +24,13 @@ struct RawSettings {
     read_timeout_ms: Option<u64>,
 }
 
-/// The `serial_port` key as written; the SCPI models read it too. A string
-/// is short for `{ name: ... }`.
+/// The `serial_port` key as written; the SCPI models read it too. Its object
+/// form, or a string, short for `{ name: ... }`.
 #[derive(Debug, Clone)]
-pub(crate) struct RawSerialPort {
-    name: Option<String>,
-    usb_vid: Option<UsbId>,
-    usb_pid: Option<UsbId>,
-    serial_number: Option<String>,
-}
+pub(crate) struct RawSerialPort(SerialPortFields);
 
 /// The object form of `serial_port`.
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SerialPortFields {
     name: Option<String>,
@@ -58,27 +53,20 @@ impl<'de> Deserialize<'de> for RawSerialPort {
             }
 
             fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawSerialPort, E> {
-                Ok(RawSerialPort {
+                Ok(RawSerialPort(SerialPortFields {
                     name: Some(name.to_owned()),
-                    usb_vid: None,
-                    usb_pid: None,
-                    serial_number: None,
-                })
+                    ..SerialPortFields::default()
+                }))
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 map: A,
             ) -> Result<RawSerialPort, A::Error> {
-                let fields = SerialPortFields::deserialize(
-                    serde::de::value::MapAccessDeserializer::new(map),
-                )?;
-                Ok(RawSerialPort {
-                    name: fields.name,
-                    usb_vid: fields.usb_vid,
-                    usb_pid: fields.usb_pid,
-                    serial_number: fields.serial_number,
-                })
+                // Through the map as given, so that an error inside names
+                // its key (`serial_port.nam`).
+                SerialPortFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawSerialPort)
             }
         }
         deserializer.deserialize_any(Form)
@@ -119,8 +107,8 @@ impl<'de> Deserialize<'de> for UsbId {
 impl RawSerialPort {
     /// Which port the key names: a path, or a USB id.
     pub(crate) fn selector(self) -> Result<PortSelector, SettingsError> {
-        Ok(match self {
-        RawSerialPort {
+        Ok(match self.0 {
+        SerialPortFields {
             name: Some(name),
             usb_vid: None,
             usb_pid: None,
@@ -131,13 +119,13 @@ impl RawSerialPort {
             }
             PortSelector::Name(name)
         }
-        RawSerialPort { name: Some(_), .. } => {
+        SerialPortFields { name: Some(_), .. } => {
             return Err(error(
                 "serial_port",
                 "give either name, or usb_vid and usb_pid (with an optional serial_number), not both",
             ))
         }
-        RawSerialPort {
+        SerialPortFields {
             name: None,
             usb_vid: Some(vid),
             usb_pid: Some(pid),
@@ -147,7 +135,7 @@ impl RawSerialPort {
             pid: pid.0,
             serial_number,
         },
-        RawSerialPort { name: None, .. } => {
+        SerialPortFields { name: None, .. } => {
             return Err(error(
                 "serial_port",
                 "needs name (e.g. \"/dev/ttyACM0\"), or usb_vid and usb_pid (e.g. 0x0416 and 0x5011)",
